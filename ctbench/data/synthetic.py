@@ -1,7 +1,7 @@
 """The embedded synthetic two-instrument dataset (deterministic, labelled synthetic).
 
 It needs no files: it is the README's first-run demo and the conformance kit's toy task.
-Three pure components (Gaussian bands) mix linearly; instrument ``synth_b`` sees the same
+Five pure components (Gaussian bands, two of them overlapping interferents) mix linearly; instrument ``synth_b`` sees the same
 samples through a wavelength shift, a band broadening, a gain and a sloped baseline, so a
 source calibration applied to it is biased and transfer methods have something to correct.
 """
@@ -24,13 +24,13 @@ def synthetic_dataset(n_samples: int = 120, n_channels: int = 200, seed: int = 0
     """Build the synthetic dataset; the same arguments always give the same numbers."""
     rng = np.random.default_rng(seed)
     axis = np.linspace(1000.0, 1398.0, n_channels)
-    centres = [1080.0, 1190.0, 1300.0]
-    widths = [18.0, 25.0, 30.0]
-    conc = rng.uniform(0.05, 1.0, size=(n_samples, 3))
+    centres = [1080.0, 1190.0, 1300.0, 1120.0, 1240.0]
+    widths = [18.0, 25.0, 30.0, 40.0, 22.0]
+    conc = rng.uniform(0.05, 1.0, size=(n_samples, len(centres)))
     pure_a = _bands(axis, centres, widths)
     pure_b = _bands(axis, [c + 4.0 for c in centres], [w * 1.15 for w in widths])
-    noise_a = rng.normal(scale=0.004, size=(n_samples, n_channels))
-    noise_b = rng.normal(scale=0.006, size=(n_samples, n_channels))
+    noise_a = rng.normal(scale=0.01, size=(n_samples, n_channels))
+    noise_b = rng.normal(scale=0.015, size=(n_samples, n_channels))
     offsets = rng.normal(scale=0.01, size=(n_samples, 1))
     x = (axis - axis[0]) / (axis[-1] - axis[0])
     src = conc @ pure_a + 0.05 + offsets + noise_a

@@ -1,0 +1,79 @@
+"""`ctbench leaderboard`: rank methods from the local store."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ctbench.cli.common import fail, friendly_errors, int_list, results_dir_default, split_list
+
+
+def register(app: typer.Typer) -> None:
+    app.command("leaderboard")(leaderboard)
+
+
+def leaderboard(
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="Task(s) or suite(s), comma-separated (default: all in the store)."),
+    shots: Optional[str] = typer.Option(None, "--shots", "-n", help="Shot counts, comma-separated."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="Method name(s), comma-separated."),
+    metric: str = typer.Option("rmsep", "--metric", help="rmsep, r2, rpd, bias, sep or gap_closed."),
+    per_property: bool = typer.Option(False, "--per-property", help="One row per property instead of their mean."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, md, csv or json."),
+    results_dir: Path = typer.Option(results_dir_default(), "--results-dir", help="Result store folder."),
+    task_version: Optional[str] = typer.Option(None, "--task-version", help="Only records of this task version."),
+    method_version: Optional[str] = typer.Option(None, "--method-version", help="Only records of this method version."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file instead of the terminal."),
+) -> None:
+    """Mean ± sd over repetitions and rank per (task, N), reference rows included."""
+    from ctbench.leaderboard import build_leaderboard, format_rows, rich_table
+    from ctbench.store import Store
+
+    if fmt not in ("table", "md", "csv", "json"):
+        fail(f"--format must be table, md, csv or json, got {fmt!r}")
+    with friendly_errors():
+        tasks = _expand(split_list(task)) if task else None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            records = list(Store(results_dir).iter_records())
+        for w in caught:
+            typer.echo(f"warning: {w.message}", err=True)
+        if not records:
+            fail(f"no records in {results_dir}/runs; run `ctbench run` first")
+        rows = build_leaderboard(records, metric=metric, tasks=tasks, shots=int_list(shots, "--shots"),
+                                 methods=split_list(method) or None, per_property=per_property,
+                                 task_version=task_version, method_version=method_version)
+    if not rows:
+        fail("no records match the filters")
+    if fmt == "table" and out is None:
+        from rich.console import Console
+
+        Console().print(rich_table(rows))
+        return
+    text = format_rows(rows, "md" if fmt == "table" else fmt)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        typer.echo(f"wrote {out}", err=True)
+    else:
+        typer.echo(text)
+
+
+def _expand(names: list[str]) -> list[str]:
+    """Suite names expand to their tasks; unknown names are kept as given (records may hold them)."""
+    from ctbench.cards import SuiteCard, load_card
+
+    out: list[str] = []
+    for n in names:
+        try:
+            card = load_card(n)
+        except Exception:
+            out.append(n)
+            continue
+        if isinstance(card, SuiteCard):
+            out += _expand(list(card.tasks))
+        else:
+            out.append(card.name)
+    return out

@@ -1,0 +1,153 @@
+"""`ctbench run`: run methods over tasks, N-shot splits and repetitions."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ctbench.cli.common import (
+    fail,
+    friendly_errors,
+    int_list,
+    parse_params,
+    results_dir_default,
+    set_data_dir,
+    split_list,
+    stderr_console,
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
+
+
+def run(
+    method: str = typer.Option(..., "--method", "-m", help="Method name(s), comma-separated."),
+    task: str = typer.Option("demo", "--task", "-t", help="Task(s) or suite(s), comma-separated, or a path to a .yaml card."),
+    shots: Optional[str] = typer.Option(None, "--shots", "-n", help="Shot counts, e.g. 5,10,20 (default: the card's)."),
+    reps: int = typer.Option(10, "--reps", "-r", help="Repetitions (different standards) per shot count."),
+    seed: int = typer.Option(0, "--seed", help="Master seed of the standards and of the methods."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Parallel worker processes."),
+    results_dir: Path = typer.Option(results_dir_default(), "--results-dir", help="Result store folder."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset mirror folder (else $CTBENCH_DATA, cache, download)."),
+    no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not copy records to MLflow."),
+    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Method parameter key=value (repeatable)."),
+    params: Optional[str] = typer.Option(None, "--params", help="'tuned' to use parameters saved by `ctbench tune`."),
+    force: bool = typer.Option(False, "--force", help="Redo runs the store already holds."),
+) -> None:
+    """Run methods on tasks and store one record per (method, task, N, rep)."""
+    from ctbench.runner import MethodSpec, execute, plan_runs
+
+    console = stderr_console()
+    with friendly_errors():
+        methods = split_list(method)
+        if not methods:
+            fail("--method needs at least one method name")
+        user_params = parse_params(param)
+        if user_params and len(methods) > 1:
+            fail("--param applies to one method at a time; run the methods separately")
+        if params not in (None, "tuned", "default"):
+            fail(f"--params takes 'tuned' or 'default', got {params!r}")
+        if jobs < 1:
+            fail("--jobs must be at least 1")
+        data = set_data_dir(data_dir)
+        shot_list = int_list(shots, "--shots")
+        tasks = split_list(task)
+        if params == "tuned":
+            from ctbench.tuning import tuned_specs
+
+            specs = tuned_specs(methods, tasks, shot_list, results_dir, user_params, data)
+        else:
+            specs = [MethodSpec(m, dict(user_params), "cli" if user_params else "default") for m in methods]
+        t_start = time.perf_counter()
+        plan = None
+        all_units = []
+        for spec_group in _group_specs(specs):
+            p = plan_runs(
+                [s for s, _, _ in spec_group],
+                spec_group[0][1] or tasks,
+                spec_group[0][2] if spec_group[0][2] is not None else shot_list,
+                reps,
+                seed,
+                results_dir,
+                data,
+                force,
+            )
+            if plan is None:
+                plan = p
+            else:
+                plan.units += p.units
+                plan.n_total += p.n_total
+                plan.n_done += p.n_done
+                plan.skipped += p.skipped
+                plan.done_records += p.done_records
+            all_units = plan.units
+    for why in plan.skipped:
+        console.print(f"[yellow]skipped:[/] {why}")
+    console.print(
+        f"{plan.n_total} runs in the grid: {plan.n_done} already in {results_dir}, {plan.n_todo} to do"
+        + (f" in {jobs} processes" if jobs > 1 and plan.n_todo else "")
+    )
+    sink = None
+    if not no_mlflow:
+        from ctbench.tracking import MlflowSink
+
+        sink = MlflowSink(results_dir)
+    statuses: dict[str, int] = {"ok": 0, "failed": 0}
+    failures: list[str] = []
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    new_records: list[tuple[dict, Path]] = []
+    with Progress(
+        TextColumn("[bold]running[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("{task.description}"), console=console, transient=False, disable=plan.n_todo == 0,
+    ) as progress:
+        bar = progress.add_task("", total=plan.n_todo)
+
+        def on_record(status: str, path: str) -> None:
+            import json
+
+            statuses[status] = statuses.get(status, 0) + 1
+            rec = json.loads(Path(path).read_text())
+            ident = rec["identity"]
+            if status != "ok":
+                err = rec.get("error") or {}
+                failures.append(f"{ident['method']} on {ident['task']} N={ident['n_shots']} rep={ident['rep']}: {err.get('type')}: {err.get('message', '').splitlines()[0] if err.get('message') else ''}")
+            if sink is not None:
+                sink.log(rec, path)
+            new_records.append((rec, Path(path)))
+            progress.update(bar, advance=1, description=f"{ident['method']} · {ident['task']} · N={ident['n_shots']}")
+
+        execute(plan, jobs, on_record)
+    if sink is not None and plan.done_records:
+        mended = sink.sync(plan.done_records)
+        if mended:
+            console.print(f"MLflow: logged {mended} record(s) it was missing")
+    elapsed = time.perf_counter() - t_start
+    console.print(
+        f"done in {elapsed:.1f} s: {statuses.get('ok', 0)} ok, {statuses.get('failed', 0)} failed, "
+        f"{plan.n_done} skipped (already done); records in {results_dir / 'runs'}"
+    )
+    if failures:
+        for f in failures[:10]:
+            console.print(f"[red]failed:[/] {f}")
+        if len(failures) > 10:
+            console.print(f"... and {len(failures) - 10} more (see the records' error field)")
+        raise typer.Exit(1)
+
+
+def _group_specs(specs):
+    """Specs come as MethodSpec or (MethodSpec, tasks, shots) for tuned parameters per task/N."""
+    groups: dict[tuple, list] = {}
+    for s in specs:
+        if isinstance(s, tuple):
+            spec, tasks, shots = s
+        else:
+            spec, tasks, shots = s, None, None
+        key = (tuple(tasks) if tasks else None, tuple(shots) if shots is not None else None)
+        groups.setdefault(key, []).append((spec, list(tasks) if tasks else None, list(shots) if shots is not None else None))
+    return list(groups.values())

@@ -1,0 +1,360 @@
+"""The run grid: fit once per (method config, task), transfer and predict per (N, rep).
+
+The runner owns the protocol (DESIGN section 2): a method is given the source calibration, the
+N paired standards, and (only when tagged transductive) the unlabelled test spectra; it never
+sees the test values nor target spectra of the pool outside the standards. Inputs are handed
+over as read-only arrays. The runner also owns seeding, timing, output validation, metrics,
+error capture (a failure becomes a ``failed`` record, the sweep goes on) and the records.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ctbench.cards import TaskCard, expand_tasks
+from ctbench.method import SourceData, Standards
+from ctbench.splits import ShotsError, make_split, stable_seed
+from ctbench.store import SCHEMA_VERSION, Store, record_key, run_identity
+
+
+class PlanError(ValueError):
+    """The requested grid is invalid (unknown names, impossible shot counts)."""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method name with the parameters the user (or a tuning study) set."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    params_source: str = "default"
+
+    def label(self) -> str:
+        if not self.params:
+            return self.name
+        return self.name + "[" + ",".join(f"{k}={v}" for k, v in sorted(self.params.items())) + "]"
+
+
+@dataclass
+class WorkUnit:
+    spec: MethodSpec
+    card: TaskCard
+    items: list[tuple[int, int]]
+    seed: int
+    data_dir: str | None
+    results_dir: str
+
+
+@dataclass
+class Plan:
+    units: list[WorkUnit]
+    n_total: int
+    n_done: int
+    skipped: list[str]
+    done_records: list[tuple[dict, Path]]
+
+    @property
+    def n_todo(self) -> int:
+        return sum(len(u.items) for u in self.units)
+
+
+def resolved_params(cls: Any, spec: MethodSpec) -> dict[str, Any]:
+    """Defaults overlaid with the spec's parameters (random_state is owned by the runner)."""
+    valid = set(cls._param_names())
+    unknown = sorted(set(spec.params) - valid)
+    if unknown:
+        from ctbench.names import did_you_mean
+
+        raise PlanError(
+            f"method {spec.name!r} has no parameter {unknown[0]!r}{did_you_mean(unknown[0], valid)}; "
+            f"valid: {', '.join(sorted(valid - {'random_state'})) or '(none)'}"
+        )
+    params = {**cls.default_params(), **spec.params}
+    params.pop("random_state", None)
+    return params
+
+
+def check_shots(cls: Any, method: str, task: Any, n: int) -> str | None:
+    """Why N shots is impossible for this method on this task, or None."""
+    tags = cls.tags
+    if n > task.n_pool_samples:
+        return f"task {task.name!r} has {task.n_pool_samples} samples in its calibration pool, {n} shots requested (allowed 0..{task.n_pool_samples})"
+    if n == 0 and not tags.zero_shot:
+        return f"method {method!r} cannot run zero-shot (N = 0); its minimum is {tags.min_shots} shots"
+    if n < tags.min_shots:
+        return f"method {method!r} needs at least {tags.min_shots} shots, {n} requested"
+    if tags.max_shots is not None and n > tags.max_shots:
+        return f"method {method!r} accepts at most {tags.max_shots} shots, {n} requested"
+    return None
+
+
+def plan_runs(
+    methods: list[MethodSpec],
+    tasks: list[str],
+    shots: list[int] | None,
+    reps: int,
+    seed: int,
+    results_dir: Path,
+    data_dir: str | None = None,
+    force: bool = False,
+) -> Plan:
+    """Expand the grid, validate it, and drop what the store already holds."""
+    from ctbench.plugins import get_method
+    from ctbench.tasks import build_task
+
+    if reps < 1:
+        raise PlanError("--reps must be at least 1")
+    infos = [(spec, get_method(spec.name)) for spec in methods]
+    store = Store(results_dir)
+    units: list[WorkUnit] = []
+    skipped: list[str] = []
+    done: list[tuple[dict, Path]] = []
+    n_total = 0
+    for card, explicit, suite_shots in expand_tasks(tasks):
+        task = build_task(card, data_dir)
+        grid = shots if shots is not None else list(suite_shots or card.shots)
+        for spec, info in infos:
+            params = resolved_params(info.cls, spec)
+            items = []
+            for n in grid:
+                why = check_shots(info.cls, spec.name, task, n)
+                if why:
+                    if explicit and shots is not None:
+                        raise PlanError(why)
+                    skipped.append(why)
+                    continue
+                for rep in range(reps):
+                    n_total += 1
+                    ident = run_identity(spec.name, info.cls.version, params, card.name, card.version, n, rep, seed)
+                    if not force:
+                        rec = store.get(ident)
+                        if rec is not None and rec.get("status") == "ok":
+                            done.append((rec, store.path_for(ident)))
+                            continue
+                    items.append((n, rep))
+            if items:
+                units.append(WorkUnit(spec, card, items, seed, data_dir, str(results_dir)))
+    return Plan(units=units, n_total=n_total, n_done=len(done), skipped=sorted(set(skipped)), done_records=done)
+
+
+@lru_cache(maxsize=1)
+def environment() -> dict[str, Any]:
+    import numpy
+    import scipy
+
+    import ctbench
+
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "ctbench": ctbench.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+    }
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a = np.array(a, dtype=float, copy=True)
+    a.setflags(write=False)
+    return a
+
+
+def _check_predictions(pred: Any, n: int, k: int, method: str) -> np.ndarray:
+    pred = np.asarray(pred, dtype=float)
+    if pred.ndim == 1 and k == 1:
+        pred = pred[:, None]
+    if pred.shape != (n, k):
+        raise ValueError(f"method {method!r} returned predictions of shape {pred.shape}, expected {(n, k)}")
+    if not np.isfinite(pred).all():
+        raise ValueError(f"method {method!r} returned NaN or inf predictions")
+    return pred
+
+
+def source_for(task: Any, cls: Any) -> SourceData:
+    """What ``fit`` sees: source spectra of the pool (target spectra for full recalibration)."""
+    pool = task.pool_rows
+    X = task.X_target[pool] if cls.tags.uses_target_calibration else task.X_source[pool]
+    return SourceData(
+        X=_readonly(X),
+        y=_readonly(task.y[pool]),
+        axis=_readonly(task.axis),
+        axis_unit=task.axis_unit,
+        properties=task.properties,
+        instrument=task.card.target if cls.tags.uses_target_calibration else task.card.source,
+        groups=np.array(task.groups[pool]),
+    )
+
+
+def standards_for(task: Any, rows: np.ndarray) -> Standards:
+    return Standards(
+        X_source=_readonly(task.X_source[rows]),
+        X_target=_readonly(task.X_target[rows]),
+        y=_readonly(task.y[rows]),
+        axis=_readonly(task.axis),
+        axis_unit=task.axis_unit,
+        properties=task.properties,
+        groups=np.array(task.groups[rows]),
+    )
+
+
+def _error_info(exc: BaseException, phase: str) -> dict[str, str]:
+    return {
+        "phase": phase,
+        "type": type(exc).__name__,
+        "message": str(exc)[:2000],
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-20000:],
+    }
+
+
+def run_unit(unit: WorkUnit, progress: Callable[[dict, str], None] | None = None) -> list[tuple[str, str]]:
+    """Fit once, then transfer/predict/score/store each (N, rep). Returns [(status, record path)]."""
+    from ctbench.metrics import evaluate
+    from ctbench.plugins import get_method
+    from ctbench.tasks import build_task
+
+    store = Store(unit.results_dir)
+    t0 = time.perf_counter()
+    task = build_task(unit.card, unit.data_dir)
+    load_s = time.perf_counter() - t0
+    info = get_method(unit.spec.name)
+    cls = info.cls
+    params = resolved_params(cls, unit.spec)
+    random_state = stable_seed(unit.seed, "fit", task.name, task.version)
+    has_rs = "random_state" in cls._param_names()
+    fit_error = None
+    fitted = None
+    fit_s = 0.0
+    try:
+        method = cls(**copy.deepcopy(params), **({"random_state": random_state} if has_rs else {}))
+        t0 = time.perf_counter()
+        fitted = method.fit(source_for(task, cls))
+        fit_s = time.perf_counter() - t0
+        if fitted is None:
+            raise TypeError(f"method {unit.spec.name!r}: fit() must return self")
+    except Exception as exc:
+        fit_error = _error_info(exc, "fit")
+    out = []
+    for n, rep in unit.items:
+        ident = run_identity(cls.name, cls.version, params, task.name, task.version, n, rep, unit.seed)
+        split = make_split(task, n, rep, unit.seed)
+        record: dict[str, Any] = {
+            "schema": SCHEMA_VERSION,
+            "key": record_key(ident),
+            "identity": ident,
+            "method": {
+                "name": cls.name,
+                "version": cls.version,
+                "plugin": info.plugin,
+                "class": f"{cls.__module__}.{cls.__qualname__}",
+                "params_source": unit.spec.params_source,
+                "user_params": unit.spec.params,
+                "tags": {k: getattr(cls.tags, k) for k in cls.tags.__dataclass_fields__},
+            },
+            "task": {**task.summary(), "card_sha256": task.card.sha256},
+            "n_shots": n,
+            "rep": rep,
+            "seed": unit.seed,
+            "random_state": random_state if has_rs else None,
+            "transductive": bool(cls.tags.transductive),
+            "reference": bool(cls.tags.reference),
+            "split": split.manifest(),
+            "data_sha256": task.data_sha256,
+            "environment": environment(),
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        timings = {"load_s": load_s, "fit_s": fit_s}
+        if fit_error is not None:
+            record.update(status="failed", error=fit_error, metrics=None, timings=timings)
+        else:
+            try:
+                m = copy.deepcopy(fitted)
+                unlabelled = _readonly(task.X_target[task.test_rows]) if cls.tags.transductive else None
+                t0 = time.perf_counter()
+                if m.transfer(standards_for(task, split.standard_rows), unlabelled) is None:
+                    raise TypeError(f"method {cls.name!r}: transfer() must return self")
+                timings["transfer_s"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                pred = m.predict(_readonly(task.X_target[task.test_rows]))
+                timings["predict_s"] = time.perf_counter() - t0
+                pred = _check_predictions(pred, task.test_rows.size, len(task.properties), cls.name)
+                record.update(status="ok", metrics=evaluate(task.y[task.test_rows], pred, task.properties))
+                extra = getattr(m, "record_extras", None)
+                if callable(extra):
+                    record["extras"] = extra()
+            except Exception as exc:
+                record.update(status="failed", error=_error_info(exc, "transfer/predict"), metrics=None)
+            record["timings"] = timings
+        path = store.write(record)
+        out.append((record["status"], str(path)))
+        if progress is not None:
+            progress(record, str(path))
+    return out
+
+
+# --- parallel execution ---------------------------------------------------------------
+
+_QUEUE = None
+
+
+def _worker_init(queue: Any) -> None:
+    global _QUEUE
+    _QUEUE = queue
+
+
+def _worker_run(unit: WorkUnit) -> list[tuple[str, str]]:
+    def progress(record: dict, path: str) -> None:
+        _QUEUE.put((record["status"], path))
+
+    return run_unit(unit, progress)
+
+
+def execute(plan: Plan, jobs: int, on_record: Callable[[str, str], None]) -> list[tuple[str, str]]:
+    """Run every unit of the plan (in ``jobs`` processes); ``on_record(status, path)`` per record."""
+    results: list[tuple[str, str]] = []
+    if jobs <= 1 or len(plan.units) <= 1:
+        for unit in plan.units:
+            results += run_unit(unit, lambda rec, path: on_record(rec["status"], path))
+        return results
+    import multiprocessing as mp
+    import queue as queue_mod
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    ctx = mp.get_context("fork") if sys.platform.startswith("linux") else mp.get_context()
+    q = ctx.Queue()
+    units = sorted(plan.units, key=lambda u: -len(u.items))
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(q,)) as pool:
+        pending = {pool.submit(_worker_run, u) for u in units}
+
+        received = 0
+
+        def drain(timeout: float) -> None:
+            nonlocal received
+            while True:
+                try:
+                    status, path = q.get(timeout=timeout)
+                except queue_mod.Empty:
+                    return
+                received += 1
+                on_record(status, path)
+                timeout = 0.001
+
+        while pending:
+            drain(0.05)
+            finished, pending = wait(pending, timeout=0, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                results += fut.result()
+        deadline = time.monotonic() + 10.0
+        while received < len(results) and time.monotonic() < deadline:
+            drain(0.1)
+    return results

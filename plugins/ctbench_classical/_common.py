@@ -1,0 +1,133 @@
+"""Shared pieces of the classical methods: input checks and the source PLS calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ctbench.method import SourceData, Standards, Tags, TransferMethod
+from ctbench.pls import PLSCalibration
+
+
+def as_spectra(X: np.ndarray, what: str, n_channels: int | None = None) -> np.ndarray:
+    """A float copy of ``X`` as a 2-D (samples x channels) array, with a one-line error if it is not one."""
+    X = np.array(X, dtype=float, copy=True)
+    if X.ndim == 1:
+        X = X[None, :]
+    if X.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D array (samples x channels), got shape {X.shape}")
+    if n_channels is not None and X.shape[1] != n_channels:
+        raise ValueError(f"{what} has {X.shape[1]} channels but the source calibration has {n_channels}")
+    if not np.isfinite(X).all():
+        raise ValueError(f"{what} contains NaN or inf values")
+    return X
+
+
+def as_values(y: np.ndarray, n: int, what: str) -> np.ndarray:
+    """A float copy of reference values as (n, k)."""
+    y = np.array(y, dtype=float, copy=True)
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.ndim != 2 or y.shape[0] != n:
+        raise ValueError(f"{what} must have shape ({n}, k), got {y.shape}")
+    if not np.isfinite(y).all():
+        raise ValueError(f"{what} contains NaN or inf values")
+    return y
+
+
+def source_arrays(source: SourceData) -> tuple[np.ndarray, np.ndarray]:
+    """Checked copies of the source calibration spectra and values."""
+    X = as_spectra(source.X, "source calibration spectra")
+    y = as_values(source.y, X.shape[0], "source calibration values")
+    if X.shape[0] < 3:
+        raise ValueError(f"the source calibration has {X.shape[0]} samples; at least 3 are needed")
+    return X, y
+
+
+def standards_arrays(
+    standards: Standards, n_channels: int, n_properties: int, min_shots: int, method: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checked copies of (X_source, X_target, y) of the transfer standards."""
+    n = int(np.asarray(standards.X_target).shape[0]) if np.ndim(standards.X_target) == 2 else 0
+    if n < min_shots:
+        raise ValueError(f"{method} needs at least {min_shots} transfer standards, got {n}")
+    Xs = as_spectra(standards.X_source, "standards' source spectra", n_channels)
+    Xt = as_spectra(standards.X_target, "standards' target spectra", n_channels)
+    if Xs.shape[0] != Xt.shape[0]:
+        raise ValueError(
+            f"standards have {Xs.shape[0]} source spectra but {Xt.shape[0]} target spectra; they must be paired"
+        )
+    y = as_values(standards.y, n, "standards' values")
+    if y.shape[1] != n_properties:
+        raise ValueError(f"standards have {y.shape[1]} properties but the source calibration has {n_properties}")
+    return Xs, Xt, y
+
+
+def fit_source_pls(X: np.ndarray, y: np.ndarray, max_components: int, random_state: int) -> PLSCalibration:
+    """The source model: one PLS1 per property, latent variables chosen by 10-fold CV (Haaland-Thomas)."""
+    return PLSCalibration(max_components=max_components, cv=10, random_state=random_state).fit(X, y)
+
+
+def require_fitted(method: object, attr: str, step: str) -> None:
+    if not hasattr(method, attr):
+        name = getattr(method, "name", type(method).__name__)
+        raise RuntimeError(f"{name}: call {step} first")
+
+
+class SpectralStandardization(TransferMethod):
+    """Base of the methods that map target spectra into the source space (DS, PDS, CCA).
+
+    ``fit`` calibrates the source PLS model; subclasses learn the map in ``transfer`` and
+    implement ``_map``; ``predict`` is the source model applied to the mapped spectra.
+    """
+
+    tags = Tags(min_shots=2, zero_shot=False, transductive=False, multi_target=True, corrects_spectra=True)
+
+    def fit(self, source: SourceData) -> SpectralStandardization:
+        self._check_params()
+        X, y = source_arrays(source)
+        self.source_model_ = fit_source_pls(X, y, self.max_components, self.random_state)
+        self.n_channels_ = X.shape[1]
+        self.n_properties_ = y.shape[1]
+        return self
+
+    def transfer(self, standards: Standards, unlabelled: np.ndarray | None = None) -> SpectralStandardization:
+        require_fitted(self, "source_model_", "fit")
+        Xs, Xt, _ = standards_arrays(standards, self.n_channels_, self.n_properties_, self.tags.min_shots, self.name)
+        self._learn_map(Xs, Xt)
+        self.transferred_ = True
+        return self
+
+    def transform_target(self, X_target: np.ndarray) -> np.ndarray:
+        require_fitted(self, "transferred_", "transfer")
+        return self._map(as_spectra(X_target, "target spectra", self.n_channels_))
+
+    def predict(self, X_target: np.ndarray) -> np.ndarray:
+        return self.source_model_.predict(self.transform_target(X_target))
+
+    def _check_params(self) -> None:
+        """Raise a one-line error for an invalid parameter (called by fit)."""
+
+    def _learn_map(self, X_source: np.ndarray, X_target: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _map(self, X_target: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+def svd_filter(s: np.ndarray, regularization: str, rank: int, alpha: float, rtol: float = 1e-10) -> np.ndarray:
+    """Filter factors ``f(s)`` so that ``V diag(f) U^T`` is a regularized pseudo-inverse.
+
+    Works on the last axis (batched). "tsvd": 1/s for the first ``rank`` singular values above
+    ``rtol * s_max``, 0 beyond; "ridge": s / (s^2 + alpha * s_max^2), i.e. ``alpha`` is relative to
+    the largest squared singular value, so it does not depend on the spectra's scale.
+    """
+    s_max = s[..., :1]
+    keep = s > rtol * np.maximum(s_max, 1e-300)
+    if regularization == "tsvd":
+        idx = np.arange(s.shape[-1])
+        keep = keep & (idx < rank)
+        return np.where(keep, 1.0 / np.where(keep, s, 1.0), 0.0)
+    if regularization == "ridge":
+        lam = alpha * s_max**2
+        return np.where(keep, s / (s**2 + lam), 0.0)
+    raise ValueError(f"unknown regularization {regularization!r}; use 'tsvd' or 'ridge'")
