@@ -161,7 +161,12 @@ def _build(card: TaskCard, data_dir: str | None) -> Task:
     from ctbench.plugins import get_loader
 
     loader = get_loader(card.dataset)
-    dataset = load_dataset(loader, data_dir=data_dir, options=card.loader_options)
+    options = dict(card.loader_options)
+    if card.dataset in ("csv", "mat") and "base_dir" not in options and card.path:
+        from pathlib import Path
+
+        options["base_dir"] = str(Path(card.path).resolve().parent)  # relative paths: next to the card
+    dataset = load_dataset(loader, data_dir=data_dir, options=options)
     src = dataset.instrument(card.source)
     tgt = dataset.instrument(card.target)
     props = card.properties or dataset.properties
