@@ -218,9 +218,13 @@ def format_rows(rows: list[dict], fmt: str) -> str:
 def rich_table(rows: list[dict]):
     from rich.table import Table
 
-    table = Table(title="ctbench leaderboard", show_lines=False)
-    for h in ["task", "N", "property", "rank", "method", "metric", "mean ± sd", "R2", "gap closed", "reps"]:
-        table.add_column(h, justify="right" if h in ("N", "rank", "R2", "gap closed", "reps") else "left")
+    per_property = any(r["property"] != "mean" for r in rows)
+    metric = rows[0]["metric"] if rows else "rmsep"
+    table = Table(title=f"ctbench leaderboard ({metric}, mean ± sd over repetitions; * reference row)")
+    heads = ["task", "N"] + (["property"] if per_property else []) + ["rank", "method", metric, "R2", "gap closed", "reps"]
+    for h in heads:
+        table.add_column(h, justify="right" if h in ("N", "rank", "R2", "gap closed", "reps") else "left",
+                         no_wrap=h in ("method", "task"))
     prev = None
     for r in rows:
         cell = (r["task"], r["n_shots"], r["property"])
@@ -229,8 +233,8 @@ def rich_table(rows: list[dict]):
         prev = cell
         style = "dim" if r["reference"] else ("bold green" if r["rank"] == 1 else None)
         table.add_row(
-            r["task"], str(r["n_shots"]), r["property"], str(r["rank"] or "-"),
-            r["method"] + (" *" if r["reference"] else ""), r["metric"],
+            r["task"], str(r["n_shots"]), *([r["property"]] if per_property else []), str(r["rank"] or "-"),
+            r["method"] + (" *" if r["reference"] else ""),
             _mean_sd(r["mean"], r["sd"]), _fmt(r["r2_mean"], 3), _gap(r["gap_closed"]),
             f"{r['reps']}" + (f" ({r['failed']} failed)" if r["failed"] else ""), style=style,
         )

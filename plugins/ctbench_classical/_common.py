@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ctbench.method import SourceData, Standards, Tags, TransferMethod
@@ -76,8 +78,11 @@ def require_fitted(method: object, attr: str, step: str) -> None:
 class SpectralStandardization(TransferMethod):
     """Base of the methods that map target spectra into the source space (DS, PDS, CCA).
 
-    ``fit`` calibrates the source PLS model; subclasses learn the map in ``transfer`` and
-    implement ``_map``; ``predict`` is the source model applied to the mapped spectra.
+    ``fit`` calibrates the source PLS model. ``transfer`` learns the map from the paired
+    standards; when a complexity parameter is left at None, its value is chosen by
+    leave-one-out over the standards (see ``select_by_loo``). ``predict`` is the source model
+    applied to the mapped spectra. Subclasses implement ``_candidates``, ``_fit_maps`` and
+    ``_apply_map``.
     """
 
     tags = Tags(min_shots=2, zero_shot=False, transductive=False, multi_target=True, corrects_spectra=True)
@@ -88,30 +93,67 @@ class SpectralStandardization(TransferMethod):
         self.source_model_ = fit_source_pls(X, y, self.max_components, self.random_state)
         self.n_channels_ = X.shape[1]
         self.n_properties_ = y.shape[1]
+        sd = y.std(axis=0)
+        self.y_scale_ = np.where(sd > 0, sd, 1.0)
         return self
 
     def transfer(self, standards: Standards, unlabelled: np.ndarray | None = None) -> SpectralStandardization:
         require_fitted(self, "source_model_", "fit")
         Xs, Xt, _ = standards_arrays(standards, self.n_channels_, self.n_properties_, self.tags.min_shots, self.name)
-        self._learn_map(Xs, Xt)
-        self.transferred_ = True
+        n = Xs.shape[0]
+        candidates = self._candidates(n)
+        if len(candidates) > 1 and n >= LOO_MIN_SHOTS:
+            self.loo_scores_ = self._loo_scores(Xs, Xt, candidates)
+            best = candidates[int(np.argmin(self.loo_scores_))]
+        else:
+            self.loo_scores_ = None
+            best = candidates[0]
+        self.selected_ = dict(best)
+        self.map_ = self._fit_maps(Xs, Xt, [best])[0]
         return self
 
     def transform_target(self, X_target: np.ndarray) -> np.ndarray:
-        require_fitted(self, "transferred_", "transfer")
-        return self._map(as_spectra(X_target, "target spectra", self.n_channels_))
+        require_fitted(self, "map_", "transfer")
+        return self._apply_map(self.map_, as_spectra(X_target, "target spectra", self.n_channels_))
 
     def predict(self, X_target: np.ndarray) -> np.ndarray:
         return self.source_model_.predict(self.transform_target(X_target))
 
+    def _loo_scores(self, Xs: np.ndarray, Xt: np.ndarray, candidates: list[dict[str, Any]]) -> np.ndarray:
+        """Leave-one-standard-out error of every candidate, through the source model.
+
+        For held-out standard i, each candidate map (learnt on the other N - 1) sends its
+        target spectrum to the source space; the error is the source model's prediction of
+        that spectrum minus its prediction of the standard's measured source spectrum (the
+        transfer error alone, without the model's own error, and no reference values needed).
+        Score = mean over properties of RMSE / SD(y_source); lower is better.
+        """
+        n = Xs.shape[0]
+        ref = self.source_model_.predict(Xs)
+        sq = np.zeros((len(candidates), self.n_properties_))
+        for i in range(n):
+            keep = np.arange(n) != i
+            maps = self._fit_maps(Xs[keep], Xt[keep], candidates)
+            mapped = np.vstack([self._apply_map(m, Xt[i : i + 1]) for m in maps])
+            sq += (self.source_model_.predict(mapped) - ref[i]) ** 2
+        return (np.sqrt(sq / n) / self.y_scale_).mean(axis=1)
+
     def _check_params(self) -> None:
         """Raise a one-line error for an invalid parameter (called by fit)."""
 
-    def _learn_map(self, X_source: np.ndarray, X_target: np.ndarray) -> None:
+    def _candidates(self, n_standards: int) -> list[dict[str, Any]]:
+        """Settings to try, simplest first; one entry when the parameters are fixed."""
         raise NotImplementedError
 
-    def _map(self, X_target: np.ndarray) -> np.ndarray:
+    def _fit_maps(self, X_source: np.ndarray, X_target: np.ndarray, candidates: list[dict[str, Any]]) -> list[Any]:
         raise NotImplementedError
+
+    def _apply_map(self, state: Any, X_target: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+LOO_MIN_SHOTS = 4
+"""Fewest standards for leave-one-out selection; below it the simplest candidate is used."""
 
 
 def svd_filter(s: np.ndarray, regularization: str, rank: int, alpha: float, rtol: float = 1e-10) -> np.ndarray:

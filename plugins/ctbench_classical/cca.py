@@ -6,7 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from ._common import SpectralStandardization
+from ._common import SpectralStandardization, require_fitted
+
+PC_GRID = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25)
+"""PCA dimensions tried when n_components is None (those up to N - 2)."""
 
 
 def _pca(Xc: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -21,29 +24,37 @@ class CCA(SpectralStandardization):
     """CCA standardization: target PCA scores -> canonical variates -> source PCA scores -> spectra.
 
     The paired standards are centred on each instrument's standard mean and reduced by PCA to
-    ``n_components`` scores per instrument (CCA on raw spectra is singular when p > N). CCA of
-    the two whitened score sets (SVD of ``Z_t^T Z_s = A diag(rho) B^T``) gives canonical
-    pairs with correlations rho. A target spectrum is projected on the target PCs, turned into
-    canonical variates ``u = z_t A_q``, mapped to the expected source variates ``v = rho_q * u``
-    (the least-squares regression of unit-variance variates is their correlation), and brought
-    back to a source spectrum ``m_s + (v B_q^T) diag(s_s) V_s^T``.
+    r = ``n_components`` whitened scores per instrument (CCA of raw spectra is singular when
+    p > N). CCA of the two whitened score sets, the SVD ``Z_t^T Z_s = A diag(rho) B^T``, gives
+    r canonical pairs with correlations rho. A target spectrum is projected on the target PCs,
+    turned into canonical variates ``u = z_t A_q`` (the q = ``n_canonical`` most correlated
+    pairs), mapped to the expected source variates ``v = rho_q * u`` and brought back to a
+    source spectrum ``m_s + (v B_q^T) diag(s_s) V_s^T``.
 
     This is the canonical-correlation standardization of Fan et al. (Anal. Chim. Acta 623,
-    2008, F = W_t W_s^+ built from the canonical weights), made well-posed by the PCA step and
-    with the correlations kept in the map (Fan's version maps variates one-to-one, which
-    over-trusts weakly correlated pairs). Keeping only the ``n_canonical`` most correlated
-    pairs is what distinguishes it from DS: with every pair kept (q = r) the map equals a
-    least-squares regression of source PC scores on target PC scores (DS on PCA scores).
+    2008: F = W_t W_s^+ from the canonical weights), made well-posed by the PCA step. With
+    ``shrink=True`` (default) each canonical variate is multiplied by its correlation, which is
+    the least-squares prediction of a unit-variance variate from its partner; ``shrink=False``
+    maps variates one to one as Fan et al. do (then, with q = r, the map is the orthogonal
+    Procrustes rotation between the whitened score spaces). With ``shrink=True`` and q = r the
+    map equals the least-squares regression of source PC scores on target PC scores (DS on PCA
+    scores); the CCA-specific regularization is keeping q < r pairs. Note that when 2r > N - 1
+    at least 2r - N + 1 correlations are exactly 1 (the two score spaces must intersect), which
+    is why the PCA step and q matter.
 
     Parameters (defaults in brackets):
-      n_components [None]: PCs per instrument, r; None uses N - 2 (capped at 20) so the CCA is
-        not trivially perfect (with r = N - 1 every canonical correlation is 1). Capped at N - 1.
-      n_canonical [None]: canonical pairs kept, q <= r; None keeps those with rho >= min_corr.
-      min_corr [0.5]: correlation threshold used when n_canonical is None.
+      n_components [None]: PCs per instrument r, capped at N - 1. None: chosen at transfer
+        with n_canonical by leave-one-out over the standards (r in 1, 2, 3, 4, 5, 6, 8, 10, 12,
+        15, 20, 25 up to N - 2; see ``SpectralStandardization._loo_scores``); below 4
+        standards r = 1.
+      n_canonical [None]: canonical pairs kept q, capped at r. None: chosen with r by the same
+        leave-one-out among q = r/4, r/2, 3r/4, r.
+      shrink [True]: weight the canonical variates by their correlations (see above).
       max_components [15]: largest latent-variable count tried by the source model's CV.
       random_state [0]: seeds the CV folds of the source model.
-    min_shots = 3 (two PCs are needed for N - 2 >= 1; with N = 2 there is one direction only
-    and r = 1, q = 1, which works but is a one-dimensional map).
+    Why the defaults: r and q decide everything and their good values scale with N, so they
+    are chosen on the standards (never on test spectra); the choice is in ``selected_``.
+    min_shots = 2 (one PCA direction, one canonical pair).
     """
 
     name = "cca"
@@ -54,13 +65,13 @@ class CCA(SpectralStandardization):
         self,
         n_components: int | None = None,
         n_canonical: int | None = None,
-        min_corr: float = 0.5,
+        shrink: bool = True,
         max_components: int = 15,
         random_state: int = 0,
     ):
         self.n_components = n_components
         self.n_canonical = n_canonical
-        self.min_corr = min_corr
+        self.shrink = shrink
         self.max_components = max_components
         self.random_state = random_state
 
@@ -69,39 +80,60 @@ class CCA(SpectralStandardization):
             raise ValueError(f"cca: n_components must be >= 1 or None, got {self.n_components}")
         if self.n_canonical is not None and int(self.n_canonical) < 1:
             raise ValueError(f"cca: n_canonical must be >= 1 or None, got {self.n_canonical}")
-        if not 0.0 <= float(self.min_corr) < 1.0:
-            raise ValueError(f"cca: min_corr must be in [0, 1), got {self.min_corr}")
 
-    def _learn_map(self, X_source: np.ndarray, X_target: np.ndarray) -> None:
-        n = X_target.shape[0]
-        if self.n_components is None:
-            r = max(1, min(n - 2, 20))
+    def _candidates(self, n_standards: int) -> list[dict[str, Any]]:
+        top = max(1, n_standards - 1)
+        if self.n_components is not None:
+            rs = [max(1, min(int(self.n_components), top))]
         else:
-            r = max(1, min(int(self.n_components), n - 1))
-        self.target_mean_ = X_target.mean(axis=0)
-        self.source_mean_ = X_source.mean(axis=0)
-        Zt, st, Vt_ = _pca(X_target - self.target_mean_, r)
-        Zs, ss, Vs = _pca(X_source - self.source_mean_, r)
-        A, rho, Bt = np.linalg.svd(Zt.T @ Zs, full_matrices=False)
-        rho = np.clip(rho, 0.0, 1.0)
-        if self.n_canonical is None:
-            q = max(1, int((rho >= float(self.min_corr)).sum()))
-        else:
-            q = max(1, min(int(self.n_canonical), rho.size))
-        self.canonical_correlations_ = rho
-        self.n_canonical_ = q
-        # x -> (x - m_t) V_t diag(1/s_t) A_q diag(rho_q) B_q^T diag(s_s) V_s^T + m_s, stored as two factors.
-        self.left_ = (Vt_ / st) @ (A[:, :q] * rho[:q])
-        self.right_ = (Bt[:q] * ss) @ Vs.T
+            rs = sorted({r for r in PC_GRID if r <= max(1, n_standards - 2)} | {1})
+        out = []
+        for r in rs:
+            if self.n_canonical is not None:
+                qs = [max(1, min(int(self.n_canonical), r))]
+            else:
+                qs = sorted({max(1, round(r * f)) for f in (0.25, 0.5, 0.75, 1.0)})
+            out += [{"n_components": r, "n_canonical": q} for q in qs]
+        return out
 
-    def _map(self, X_target: np.ndarray) -> np.ndarray:
-        return ((X_target - self.target_mean_) @ self.left_) @ self.right_ + self.source_mean_
+    def _fit_maps(self, X_source: np.ndarray, X_target: np.ndarray, candidates: list[dict[str, Any]]) -> list[Any]:
+        target_mean = X_target.mean(axis=0)
+        source_mean = X_source.mean(axis=0)
+        r_max = max(c["n_components"] for c in candidates)
+        Zt_all, st_all, Vt_all = _pca(X_target - target_mean, r_max)
+        Zs_all, ss_all, Vs_all = _pca(X_source - source_mean, r_max)
+        by_r: dict[int, tuple[np.ndarray, ...]] = {}
+        maps = []
+        for c in candidates:
+            r = min(c["n_components"], Zt_all.shape[1], Zs_all.shape[1])
+            if r not in by_r:
+                Zt, st, Vt_ = Zt_all[:, :r], st_all[:r], Vt_all[:, :r]
+                Zs, ss, Vs = Zs_all[:, :r], ss_all[:r], Vs_all[:, :r]
+                A, rho, Bt = np.linalg.svd(Zt.T @ Zs)
+                rho = np.clip(rho, 0.0, 1.0)
+                # x -> (x - m_t) V_t diag(1/s_t) A diag(rho) | B^T diag(s_s) V_s^T + m_s
+                weight = rho if self.shrink else np.ones_like(rho)
+                by_r[r] = ((Vt_ / st) @ (A * weight), (Bt * ss) @ Vs.T, rho)
+            left, right, rho = by_r[r]
+            q = max(1, min(c["n_canonical"], rho.size))
+            maps.append((target_mean, source_mean, left[:, :q], right[:q], rho))
+        return maps
+
+    def _apply_map(self, state: Any, X_target: np.ndarray) -> np.ndarray:
+        target_mean, source_mean, left, right, _ = state
+        return ((X_target - target_mean) @ left) @ right + source_mean
+
+    @property
+    def canonical_correlations_(self) -> np.ndarray:
+        """Canonical correlations of the selected PCA dimension (all pairs, largest first)."""
+        require_fitted(self, "map_", "transfer")
+        return self.map_[4]
 
     @classmethod
     def search_space(cls, trial: Any) -> dict[str, Any]:
-        params: dict[str, Any] = {"n_components": trial.suggest_int("n_components", 1, 25)}
-        if trial.suggest_categorical("select_pairs_by", ["correlation", "count"]) == "count":
-            params["n_canonical"] = trial.suggest_int("n_canonical", 1, 25)
-        else:
-            params["min_corr"] = trial.suggest_float("min_corr", 0.0, 0.99)
-        return params
+        r = trial.suggest_int("n_components", 1, 25)
+        return {
+            "n_components": r,
+            "n_canonical": max(1, round(r * trial.suggest_float("canonical_fraction", 0.1, 1.0))),
+            "shrink": trial.suggest_categorical("shrink", [True, False]),
+        }

@@ -6,7 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from ._common import SpectralStandardization, svd_filter
+from ._common import SpectralStandardization, require_fitted, svd_filter
+
+ALPHA_GRID = (1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+"""Ridge strengths tried when alpha is None, most regularized first."""
 
 
 class DS(SpectralStandardization):
@@ -23,14 +26,17 @@ class DS(SpectralStandardization):
     Parameters (defaults in brackets):
       regularization ["tsvd"]: "tsvd" keeps the first ``n_components`` singular directions,
         "ridge" shrinks with filter factors s / (s^2 + alpha * s_max^2).
-      n_components [None]: TSVD rank; None keeps every direction the standards span
-        (min(N - 1, p)), i.e. the plain pseudo-inverse used in the original DS
-        (Wang, Veltkamp & Kowalski, Anal. Chem. 1991); a number is capped at N - 1.
-      alpha [1e-3]: ridge strength relative to the largest squared singular value.
+      n_components [None]: TSVD rank, capped at N - 1 (N - 1 is the plain pseudo-inverse of
+        the original DS, Wang, Veltkamp & Kowalski, Anal. Chem. 1991). None: chosen at
+        transfer by leave-one-out over the standards among 1 .. N - 2 (see
+        ``SpectralStandardization._loo_scores``); with fewer than 4 standards, rank 1.
+      alpha [None]: ridge strength relative to the largest squared singular value; None:
+        chosen by the same leave-one-out among 1, 0.1, ..., 1e-6 (1 below 4 standards).
       max_components [15]: largest latent-variable count tried by the source model's CV.
       random_state [0]: seeds the CV folds of the source model.
-    The defaults were checked on the synthetic dataset and corn m5 -> mp6 (see the plugin's
-    README section in the report); they are textbook DS, not tuned to a test set.
+    Why the defaults: the full-rank pseudo-inverse over-fits the standards' noise and a fixed
+    rank does not carry across N and datasets, so the rank is chosen on the standards
+    themselves (never on test spectra). The choice is in ``selected_``.
     """
 
     name = "ds"
@@ -41,7 +47,7 @@ class DS(SpectralStandardization):
         self,
         regularization: str = "tsvd",
         n_components: int | None = None,
-        alpha: float = 1e-3,
+        alpha: float | None = None,
         max_components: int = 15,
         random_state: int = 0,
     ):
@@ -56,31 +62,41 @@ class DS(SpectralStandardization):
             raise ValueError(f"ds: regularization must be 'tsvd' or 'ridge', got {self.regularization!r}")
         if self.n_components is not None and int(self.n_components) < 1:
             raise ValueError(f"ds: n_components must be >= 1 or None, got {self.n_components}")
-        if not self.alpha > 0:
+        if self.alpha is not None and not self.alpha > 0:
             raise ValueError(f"ds: alpha must be > 0, got {self.alpha}")
 
-    def _learn_map(self, X_source: np.ndarray, X_target: np.ndarray) -> None:
-        self.target_mean_ = X_target.mean(axis=0)
-        self.source_mean_ = X_source.mean(axis=0)
-        Tc = X_target - self.target_mean_
-        Sc = X_source - self.source_mean_
-        U, s, Vt = np.linalg.svd(Tc, full_matrices=False)
-        n = X_target.shape[0]
-        rank = n - 1 if self.n_components is None else min(int(self.n_components), n - 1)
-        f = svd_filter(s, self.regularization, max(rank, 1), float(self.alpha))
-        keep = f != 0
-        # F = (V diag(f)) (U^T Sc), kept as two thin factors.
-        self.left_ = Vt[keep].T * f[keep]
-        self.right_ = U[:, keep].T @ Sc
-        self.rank_ = int(keep.sum())
+    def _candidates(self, n_standards: int) -> list[dict[str, Any]]:
+        if self.regularization == "tsvd":
+            if self.n_components is not None:
+                return [{"n_components": max(1, min(int(self.n_components), n_standards - 1))}]
+            return [{"n_components": r} for r in range(1, max(1, n_standards - 2) + 1)]
+        if self.alpha is not None:
+            return [{"alpha": float(self.alpha)}]
+        return [{"alpha": a} for a in ALPHA_GRID]
 
-    def _map(self, X_target: np.ndarray) -> np.ndarray:
-        return ((X_target - self.target_mean_) @ self.left_) @ self.right_ + self.source_mean_
+    def _fit_maps(self, X_source: np.ndarray, X_target: np.ndarray, candidates: list[dict[str, Any]]) -> list[Any]:
+        target_mean = X_target.mean(axis=0)
+        source_mean = X_source.mean(axis=0)
+        U, s, Vt = np.linalg.svd(X_target - target_mean, full_matrices=False)
+        UtS = U.T @ (X_source - source_mean)
+        maps = []
+        for c in candidates:
+            f = svd_filter(s, self.regularization, c.get("n_components", 0), c.get("alpha", 0.0))
+            keep = f != 0
+            # F = (V diag(f)) (U^T (X_src - m_s)), kept as two thin factors.
+            maps.append((target_mean, source_mean, Vt[keep].T * f[keep], UtS[keep]))
+        return maps
+
+    def _apply_map(self, state: Any, X_target: np.ndarray) -> np.ndarray:
+        target_mean, source_mean, left, right = state
+        return ((X_target - target_mean) @ left) @ right + source_mean
 
     @property
     def transfer_matrix_(self) -> np.ndarray:
         """The p x p matrix F (built on demand)."""
-        return self.left_ @ self.right_
+        require_fitted(self, "map_", "transfer")
+        _, _, left, right = self.map_
+        return left @ right
 
     @classmethod
     def search_space(cls, trial: Any) -> dict[str, Any]:

@@ -126,6 +126,12 @@ class _DeepTransferMethod(TransferMethod):
         rng = np.random.default_rng(self.random_state)
         train, val = holdout_split(X.shape[0], float(self.val_fraction), rng, source.groups)
         config = self._config(Y.shape[1])
+        augment = None
+        if float(self.augment) > 0:
+            levels = X.mean(axis=1)
+            augment = T.BaselineAugment(
+                self.x_mean_, self.x_std_, levels.std(), levels.mean(), float(self.augment), device
+            )
         with T.seeded(self.random_state, device):
             model = T.build_model(config, None, device)
             Xt, Yt = T.as_tensor(Xs, device), T.as_tensor(Ys, device)
@@ -145,6 +151,7 @@ class _DeepTransferMethod(TransferMethod):
                 Y_val=Yt[val] if len(val) else None,
                 patience=int(self.patience),
                 on_epoch=self.report_intermediate,
+                augment=augment,
             )
         self.config_ = config
         self.source_state_ = T.cpu_state(model)
@@ -206,6 +213,7 @@ class CNN(_DeepTransferMethod):
         pool_size: int = 16,
         hidden: int = 64,
         dropout: float = 0.1,
+        augment: float = 0.0,
         transfer_epochs: int = 30,
         transfer_max_epochs: int = 200,
         transfer_patience: int = 30,
@@ -226,6 +234,7 @@ class CNN(_DeepTransferMethod):
         self.pool_size = pool_size
         self.hidden = hidden
         self.dropout = dropout
+        self.augment = augment
         self.transfer_epochs = transfer_epochs
         self.transfer_max_epochs = transfer_max_epochs
         self.transfer_patience = transfer_patience
@@ -328,6 +337,7 @@ class LoRACT(_DeepTransferMethod):
         pool_size: int = 16,
         hidden: int = 64,
         dropout: float = 0.1,
+        augment: float = 0.0,
         rank: int = 4,
         transfer_epochs: int = 200,
         transfer_lr: float = 1e-3,
@@ -348,6 +358,7 @@ class LoRACT(_DeepTransferMethod):
         self.pool_size = pool_size
         self.hidden = hidden
         self.dropout = dropout
+        self.augment = augment
         self.rank = rank
         self.transfer_epochs = transfer_epochs
         self.transfer_lr = transfer_lr

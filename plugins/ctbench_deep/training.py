@@ -111,6 +111,7 @@ def fit_network(
     patience: int | None = None,
     train_mode: bool = True,
     on_epoch: Callable[[float, int], None] | None = None,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> FitResult:
     """Minibatch training of ``params`` of ``model`` on (X, Y).
 
@@ -118,6 +119,7 @@ def fit_network(
     at the end, and training stops ``patience`` epochs after the last improvement.
     ``train_mode=False`` keeps the model in eval mode (frozen batch-norm statistics, no dropout).
     ``on_epoch(val_mse, epoch)`` is called after each epoch when validation data is given.
+    ``augment(batch)`` (optional) perturbs each training batch.
     """
     criterion = loss_function(loss)
     opt = make_optimizer(optimizer, params, lr, weight_decay)
@@ -139,7 +141,8 @@ def fit_network(
         for start in range(0, n, bs):
             idx = torch.as_tensor(order[start : start + bs], device=X.device)
             opt.zero_grad(set_to_none=True)
-            batch_loss = criterion(model(X[idx]), Y[idx])
+            xb = X[idx] if augment is None else augment(X[idx])
+            batch_loss = criterion(model(xb), Y[idx])
             batch_loss.backward()
             opt.step()
             total += float(batch_loss.detach()) * len(idx)
@@ -162,6 +165,31 @@ def fit_network(
     else:
         result.best_epoch = result.epochs_run
     return result
+
+
+class BaselineAugment:
+    """Random baseline offset, linear slope and gain per spectrum, applied to standardized spectra.
+
+    Perturbations are drawn in raw units (offset and slope ~ N(0, (strength * s)^2), gain - 1 ~
+    N(0, (strength * s / mean)^2), with s the spread of the spectra's mean level across the
+    calibration) and mapped through the per-channel standardization, as in Bjerrum et al. (2017).
+    """
+
+    def __init__(self, x_mean: np.ndarray, x_std: np.ndarray, level_spread: float, level: float, strength: float, device: torch.device):
+        self.mean = as_tensor(x_mean, device)
+        self.std = as_tensor(x_std, device)
+        self.t = torch.linspace(-0.5, 0.5, len(x_mean), device=device)
+        self.sigma = float(strength) * float(level_spread)
+        self.sigma_gain = self.sigma / max(abs(float(level)), 1e-12)
+
+    def __call__(self, Xs: torch.Tensor) -> torch.Tensor:
+        n = Xs.shape[0]
+        shape = (n, 1)
+        offset = torch.randn(shape, device=Xs.device) * self.sigma
+        slope = torch.randn(shape, device=Xs.device) * self.sigma
+        gain = torch.randn(shape, device=Xs.device) * self.sigma_gain
+        raw = Xs * self.std + self.mean
+        return Xs + (offset + slope * self.t + gain * raw) / self.std
 
 
 @torch.no_grad()

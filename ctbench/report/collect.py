@@ -1,0 +1,129 @@
+"""Reading the store for the report: records grouped by task, per-record metric values.
+
+Everything the report shows is derived from the local records (like the leaderboard).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctbench.leaderboard import REFERENCE_METHODS, method_label
+
+ANCHORS = ("no_transfer", "full_recalibration")
+"""The two ends of *gap closed*; their values do not depend on N."""
+
+
+class ReportError(ValueError):
+    """The report cannot be made (empty store, unknown metric); the message says what to fix."""
+
+
+@dataclass
+class StoreContents:
+    """The records selected for the report and what was noticed while reading them."""
+
+    results_dir: Path
+    records: list[dict[str, Any]]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if is_ok(r)]
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if not is_ok(r)]
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted({r["identity"]["task"] for r in self.records})
+
+    def task_records(self, task: str, ok_only: bool = True) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["identity"]["task"] == task and (is_ok(r) or not ok_only)]
+
+
+def is_ok(rec: dict[str, Any]) -> bool:
+    return rec.get("status") == "ok" and bool(rec.get("metrics"))
+
+
+def read_store(
+    results_dir: Path,
+    tasks: list[str] | None = None,
+    task_version: str | None = None,
+    method_version: str | None = None,
+) -> StoreContents:
+    """The store's records (filtered by task / version); corrupt files become warnings."""
+    from ctbench.store import Store
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        records = list(Store(results_dir).iter_records())
+    notes = [str(w.message) for w in caught]
+    if not records:
+        raise ReportError(f"no records in {results_dir}/runs; run `ctbench run` first")
+    sel = [r for r in records if not tasks or r["identity"]["task"] in tasks]
+    if task_version:
+        sel = [r for r in sel if str(r["identity"]["task_version"]) == task_version]
+    if method_version:
+        sel = [r for r in sel if str(r["identity"]["method_version"]) == method_version]
+    if not sel:
+        raise ReportError(f"no records in {results_dir} match the task/version filters")
+    return StoreContents(results_dir=Path(results_dir), records=sel, warnings=notes)
+
+
+def base_name(rec: dict[str, Any]) -> str:
+    return rec["identity"]["method"]
+
+
+def is_reference(rec: dict[str, Any]) -> bool:
+    return bool(rec.get("reference")) or base_name(rec) in REFERENCE_METHODS
+
+
+def is_anchor(rec: dict[str, Any]) -> bool:
+    """A no_transfer / full_recalibration record with default parameters (a gap-closed end)."""
+    return base_name(rec) in ANCHORS and not rec["method"].get("user_params")
+
+
+def task_properties(records: list[dict[str, Any]]) -> list[str]:
+    """Properties of a task in card order (from the records' task summaries)."""
+    props: list[str] = []
+    for r in records:
+        for p in r.get("task", {}).get("properties") or list(r["metrics"]["per_property"]):
+            if p not in props:
+                props.append(p)
+    return props
+
+
+def record_value(rec: dict[str, Any], metric: str, prop: str | None, refs: dict) -> float:
+    """The metric of one record for one property (None: the mean over properties)."""
+    if metric == "gap_closed":
+        from ctbench.leaderboard import _record_gap
+
+        return _record_gap(rec, refs, prop)
+    if prop is None:
+        return float(rec["metrics"]["mean"].get(metric, np.nan))
+    pp = rec["metrics"]["per_property"].get(prop)
+    return float(pp.get(metric, np.nan)) if pp else float("nan")
+
+
+def reference_rmsep(records: list[dict[str, Any]]) -> dict:
+    """(task, anchor) -> property -> mean RMSEP, as the leaderboard computes it."""
+    from ctbench.leaderboard import _reference_rmsep
+
+    return _reference_rmsep([r for r in records if is_ok(r)])
+
+
+def label_order(records: list[dict[str, Any]]) -> list[str]:
+    """Method labels: no_transfer, target_only, full_recalibration first, then the others by name."""
+    labels = {method_label(r): base_name(r) for r in records}
+    ref_rank = {name: i for i, name in enumerate(("no_transfer", "target_only", "full_recalibration"))}
+    return sorted(labels, key=lambda lab: (0, ref_rank[labels[lab]], lab) if labels[lab] in ref_rank else (1, 0, lab))
+
+
+def missing_anchors(contents: StoreContents, task: str) -> list[str]:
+    have = {base_name(r) for r in contents.task_records(task) if is_anchor(r)}
+    return [a for a in ANCHORS if a not in have]

@@ -1,0 +1,56 @@
+"""Shared fixtures: the dataset mirror, temporary result stores, test-only methods."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MIRROR = Path(os.environ.get("CTBENCH_DATA", REPO.parent / "shared" / "datasets"))
+
+if MIRROR.is_dir():
+    os.environ.setdefault("CTBENCH_DATA", str(MIRROR))
+os.environ.setdefault("CTBENCH_OFFLINE", "1")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def pytest_configure(config):
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="mlflow")
+
+
+@pytest.fixture
+def mirror() -> Path:
+    if not MIRROR.is_dir():
+        pytest.skip(f"dataset mirror not found at {MIRROR}")
+    return MIRROR
+
+
+@pytest.fixture
+def extra_methods(monkeypatch):
+    """Register test-only method classes next to the installed ones: ``extra_methods(Cls, ...)``."""
+    import ctbench.plugins as plugins
+    from ctbench.method import MethodInfo
+
+    real = plugins.load_methods()
+    added: dict = {}
+
+    def fake():
+        return {**real, **added}
+
+    monkeypatch.setattr(plugins, "load_methods", fake)
+
+    def add(*classes):
+        for cls in classes:
+            added[cls.name] = MethodInfo(cls=cls, plugin="tests")
+
+    return add
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
