@@ -9,7 +9,22 @@ not significantly larger (p > 0.25) than the minimum PRESS.
 
 from __future__ import annotations
 
+import copy
+import hashlib
+
 import numpy as np
+
+_FIT_CACHE: dict[str, dict] = {}
+_FIT_CACHE_SIZE = 64
+
+
+def _fit_key(X: np.ndarray, y: np.ndarray, *settings: object) -> str:
+    h = hashlib.sha1()
+    for a in (X, y):
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    h.update(repr(settings).encode())
+    return h.hexdigest()
 
 
 def nipals_pls1_path(X: np.ndarray, y: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -101,6 +116,21 @@ class PLSCalibration:
             y = y[:, None]
         if X.shape[0] < 2:
             raise ValueError("PLS needs at least 2 samples")
+        # Fitting is a pure function of (data, settings): several methods of one sweep that
+        # calibrate the same source data share one fit per process (the source model is paid once).
+        key = _fit_key(X, y, self.max_components, self.cv, self.n_components, self.random_state)
+        hit = _FIT_CACHE.get(key)
+        if hit is not None:
+            for name, value in hit.items():
+                setattr(self, name, copy.deepcopy(value))
+            return self
+        self._fit(X, y)
+        if len(_FIT_CACHE) >= _FIT_CACHE_SIZE:
+            _FIT_CACHE.pop(next(iter(_FIT_CACHE)))
+        _FIT_CACHE[key] = {k: copy.deepcopy(v) for k, v in vars(self).items() if k.endswith("_")}
+        return self
+
+    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
         k = y.shape[1]
         self.n_components_ = np.zeros(k, dtype=int)
         self.rmsecv_: list[np.ndarray | None] = []
@@ -117,7 +147,6 @@ class PLSCalibration:
             self.coef_[:, j] = B[:, a - 1]
             self.intercept_[j] = ym - xm @ B[:, a - 1]
             self.n_components_[j] = a
-        return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return np.asarray(X, dtype=float) @ self.coef_ + self.intercept_

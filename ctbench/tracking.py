@@ -54,9 +54,10 @@ class MlflowSink:
         if self._client is None:
             import logging
 
-            logging.getLogger("alembic").setLevel(logging.WARNING)
-            logging.getLogger("mlflow").setLevel(logging.WARNING)
             from mlflow.tracking import MlflowClient
+
+            for name in ("alembic", "mlflow", "mlflow.store.db.utils"):
+                logging.getLogger(name).setLevel(logging.WARNING)
 
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client

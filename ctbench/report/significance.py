@@ -122,7 +122,7 @@ def cd_figure(res: FriedmanResult, out_dir: Path) -> SavedFigure:
     half = (k + 1) // 2
     n_side = max(half, k - half)
     height = 1.7 + 0.32 * n_side + 0.22 * len(res.cliques())
-    fig = new_figure(9.0, height)
+    fig = new_figure(9.0, height, layout=None)
     ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
     ax.set_axis_off()
     lo, hi = 1, k

@@ -1,0 +1,49 @@
+"""`ctbench report`: an HTML page and a Markdown summary of the result store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ctbench.cli.common import fail, friendly_errors, results_dir_default, set_data_dir, split_list
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report)
+
+
+def report(
+    results_dir: Path = typer.Option(results_dir_default(), "--results-dir", help="Result store folder."),
+    out: Path = typer.Option(Path("report"), "--out", "-o", help="Output folder (index.html, summary.md, figures/)."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="Task(s) or suite(s), comma-separated (default: all in the store)."),
+    metric: str = typer.Option("rmsep", "--metric", help="rmsep, r2, rpd, bias, sep or gap_closed."),
+    shots_for_heatmap: int = typer.Option(10, "--shots-for-heatmap", help="N of the gap-closed heatmap (the closest N a task has)."),
+    band: str = typer.Option("sd", "--band", help="Band around the curves: sd (±1 sd) or minmax over repetitions."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset mirror folder, to refit spectrum-correcting methods (else $CTBENCH_DATA, cache)."),
+    no_spectra: bool = typer.Option(False, "--no-spectra", help="Skip refitting methods for the before/after spectra figure."),
+    task_version: Optional[str] = typer.Option(None, "--task-version", help="Only records of this task version."),
+    method_version: Optional[str] = typer.Option(None, "--method-version", help="Only records of this method version."),
+) -> None:
+    """Write OUT/index.html (self-contained), OUT/summary.md and OUT/figures/*.png."""
+    from ctbench.cli.leaderboard import _expand
+    from ctbench.report import ReportError, build_report
+
+    if band not in ("sd", "minmax"):
+        fail(f"--band must be sd or minmax, got {band!r}")
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; give a folder")
+    with friendly_errors():
+        data = set_data_dir(data_dir)
+        tasks = _expand(split_list(task)) if task else None
+        try:
+            rep = build_report(results_dir, out, tasks=tasks, metric=metric, shots_for_heatmap=shots_for_heatmap,
+                               data_dir=data, band=band, task_version=task_version, method_version=method_version,
+                               spectra=not no_spectra)
+        except ReportError as exc:
+            fail(str(exc))
+    typer.echo(f"wrote {out / 'index.html'}, {out / 'summary.md'} and {len(rep.figures())} figure(s) under "
+               f"{out / 'figures'}", err=True)
+    for note in rep.notes:
+        typer.echo(f"note: {note}", err=True)

@@ -1,0 +1,12 @@
+"""`ctbench report`: an HTML page and a Markdown summary made from the local result store.
+
+``build_report(results_dir, out_dir)`` writes ``index.html`` (self-contained: figures are
+embedded as base64 PNG), ``summary.md`` and the PNGs under ``figures/``: leaderboards,
+sample-efficiency curves, a gap-closed heatmap, a Friedman / Nemenyi significance test with a
+critical-difference diagram, and one transfer standard before/after spectral correction.
+"""
+
+from ctbench.report.build import Report, build_report
+from ctbench.report.collect import ReportError
+
+__all__ = ["Report", "ReportError", "build_report"]

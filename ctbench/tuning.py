@@ -1,0 +1,979 @@
+"""Optuna tuning of any method's ``search_space(trial)`` on validation splits of the calibration pool.
+
+The objective of a trial is the mean validation metric (RMSEP averaged over properties by
+default) over K validation splits carved from the calibration pool only
+(:func:`ctbench.splits.validation_splits`): the method is fitted on the inner pool's source
+spectra, transferred with standards drawn from the inner pool, and scored on the held-out part
+of the pool. The task's test rows are never read.
+
+Studies live in an RDB storage (by default ``<results>/optuna.db``, SQLite) so a killed tune
+resumes where it stopped and several workers (processes or hosts) can share one study. Each
+worker runs one trial at a time and only while the study's COMPLETE + PRUNED count is below the
+target; a trial is admitted only when fewer than ``target`` non-failed trials precede it, so the
+final count is exact whatever the number of workers. The best parameters are written to
+``<results>/tuned/{method}/{task}/N{n}.json`` and used by ``ctbench run --params tuned``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import socket
+import time
+import warnings
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ctbench.runner import MethodSpec, PlanError, _check_predictions, _readonly, check_shots, resolved_params, standards_for
+from ctbench.splits import stable_seed, validation_splits
+
+TUNED_DIR = "tuned"
+STUDY_DB = "optuna.db"
+DIRECTIONS = {"rmsep": "minimize", "sep": "minimize", "r2": "maximize", "rpd": "maximize"}
+HELDOUT_FRACTION = 0.25
+STEP_STRIDE = 1_000_000
+"""Intermediate step of split v, phase p (0 fit, 1 transfer), method step s: v*STRIDE + p*STRIDE/2 + s."""
+HEARTBEAT_INTERVAL_S = 5
+GRACE_PERIOD_S = 30
+POLL_S = 0.25
+
+# user attribute names on trials / studies
+A_WORKER = "ctbench.worker"
+A_PARAMS = "ctbench.params"
+A_SPLITS = "ctbench.split_values"
+A_ERROR = "ctbench.error"
+A_SURPLUS = "ctbench.surplus"
+A_PROTOCOL = "ctbench.protocol"
+
+
+class TuningError(ValueError):
+    """A tuning request that cannot go on; the message is one line naming what to fix."""
+
+
+# --- names and paths ---------------------------------------------------------------------------
+
+
+def default_storage(results_dir: Path | str) -> str:
+    """The study storage of a results directory: a SQLite file that survives a kill."""
+    path = Path(results_dir).resolve() / STUDY_DB
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def default_study_name(method: str, task: str, n_shots: int) -> str:
+    return f"ctbench/{method}/{task}/N{n_shots}"
+
+
+def tuned_path(results_dir: Path | str, method: str, task: str, n_shots: int) -> Path:
+    """Where the best parameters of (method, task, N) are saved."""
+    return Path(results_dir) / TUNED_DIR / method / task / f"N{n_shots}.json"
+
+
+def masked_url(url: str) -> str:
+    """A storage URL with its password hidden (safe to write into files and MLflow)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+@dataclass
+class TuneConfig:
+    """Everything a tuning worker needs (picklable: workers may run in other processes)."""
+
+    method: str
+    task: str
+    n_shots: int
+    trials: int = 50
+    reps: int = 5
+    seed: int = 0
+    metric: str = "rmsep"
+    results_dir: str = "results"
+    data_dir: str | None = None
+    storage: str | None = None
+    study: str | None = None
+    timeout: float | None = None
+    pruner: str = "median"
+    max_failures: int = 5
+    invocation: str = ""
+    worker: int = 0
+
+    def storage_url(self) -> str:
+        return self.storage or default_storage(self.results_dir)
+
+    def study_name(self) -> str:
+        return self.study or default_study_name(self.method, self.task, self.n_shots)
+
+
+# --- the objective: validation splits of the calibration pool -----------------------------------
+
+
+def validation_source(task: Any, cls: Any, rows: np.ndarray) -> Any:
+    """What ``fit`` sees in a validation split: the inner pool's source spectra (target spectra
+    for methods calibrated on the target, i.e. full recalibration) and values."""
+    from ctbench.method import SourceData
+
+    X = task.X_target[rows] if cls.tags.uses_target_calibration else task.X_source[rows]
+    return SourceData(
+        X=_readonly(X),
+        y=_readonly(task.y[rows]),
+        axis=_readonly(task.axis),
+        axis_unit=task.axis_unit,
+        properties=task.properties,
+        instrument=task.card.target if cls.tags.uses_target_calibration else task.card.source,
+        groups=np.array(task.groups[rows]),
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class ValidationObjective:
+    """Scores a method's parameters on K validation splits carved from the calibration pool.
+
+    Fitted methods are cached per (parameters, split), so a trial that repeats earlier
+    parameters pays only for transfer and prediction.
+    """
+
+    def __init__(self, task: Any, cls: Any, method: str, n_shots: int, reps: int, seed: int = 0,
+                 metric: str = "rmsep", cache_size: int | None = None):
+        if metric not in DIRECTIONS:
+            raise TuningError(f"--metric must be one of {', '.join(DIRECTIONS)}, got {metric!r}")
+        self.task, self.cls, self.method, self.n_shots, self.metric = task, cls, method, n_shots, metric
+        self.splits = validation_splits(task, reps, n_shots, seed, HELDOUT_FRACTION)
+        pool = set(int(r) for r in task.pool_rows)
+        for s in self.splits:  # the protocol's invariant, checked rather than trusted
+            rows = np.concatenate([s.pool_rows, s.standard_rows, s.heldout_rows]).astype(int)
+            if not set(rows.tolist()) <= pool or set(s.heldout_rows.tolist()) & set(s.pool_rows.tolist()):
+                raise TuningError(f"validation split {s.index} of task {task.name!r} leaves the calibration pool")
+        self.random_state = stable_seed(seed, "fit", task.name, task.version)
+        self.has_rs = "random_state" in cls._param_names()
+        self._fits: OrderedDict[tuple[str, int], Any] = OrderedDict()
+        self._cache_size = cache_size if cache_size is not None else 4 * max(1, reps)
+
+    def protocol(self) -> dict[str, Any]:
+        from ctbench.splits import hash_indices
+
+        return {
+            "kind": "validation splits of the calibration pool (test rows never used)",
+            "n_splits": len(self.splits),
+            "n_shots": self.n_shots,
+            "heldout_fraction": HELDOUT_FRACTION,
+            "metric": self.metric,
+            "objective": f"mean {self.metric} over properties and validation splits",
+            "direction": DIRECTIONS[self.metric],
+            "split_hashes": [
+                hash_indices(np.concatenate([s.pool_rows, [-1], s.standard_rows, [-1], s.heldout_rows])) for s in self.splits
+            ],
+        }
+
+    def params_from(self, trial: Any) -> dict[str, Any]:
+        """The parameters the method's search space suggests for this trial (validated)."""
+        params = self.cls.search_space(trial)
+        if not isinstance(params, dict):
+            raise TuningError(f"method {self.method!r}: search_space(trial) must return a dict, got {type(params).__name__}")
+        params = _jsonable(dict(params))
+        try:
+            resolved_params(self.cls, MethodSpec(self.method, params))
+        except PlanError as exc:
+            raise TuningError(f"search_space of {self.method!r}: {exc}") from None
+        params.pop("random_state", None)
+        return params
+
+    def _new_method(self, params: dict[str, Any]) -> Any:
+        full = resolved_params(self.cls, MethodSpec(self.method, params))
+        return self.cls(**copy.deepcopy(full), **({"random_state": self.random_state} if self.has_rs else {}))
+
+    def _fitted(self, params: dict[str, Any], split: Any, report: Callable | None) -> Any:
+        key = (json.dumps(params, sort_keys=True, default=str), split.index)
+        if key in self._fits:
+            self._fits.move_to_end(key)
+            return self._fits[key]
+        method = self._new_method(params)
+        method._report_callback = _offset(report, split.index * STEP_STRIDE)
+        fitted = method.fit(validation_source(self.task, self.cls, split.pool_rows))
+        if fitted is None:
+            raise TypeError(f"method {self.method!r}: fit() must return self")
+        fitted._report_callback = None
+        self._fits[key] = fitted
+        while len(self._fits) > self._cache_size:
+            self._fits.popitem(last=False)
+        return fitted
+
+    def score(self, params: dict[str, Any], report: Callable[[float, int], None] | None = None) -> tuple[float, list[float]]:
+        """(mean metric over splits, metric per split) of the parameters."""
+        from ctbench.metrics import evaluate
+
+        task = self.task
+        values = []
+        for split in self.splits:
+            m = copy.deepcopy(self._fitted(params, split, report))
+            m._report_callback = _offset(report, split.index * STEP_STRIDE + STEP_STRIDE // 2)
+            unlabelled = _readonly(task.X_target[split.heldout_rows]) if self.cls.tags.transductive else None
+            if m.transfer(standards_for(task, split.standard_rows), unlabelled) is None:
+                raise TypeError(f"method {self.method!r}: transfer() must return self")
+            pred = m.predict(_readonly(task.X_target[split.heldout_rows]))
+            pred = _check_predictions(pred, split.heldout_rows.size, len(task.properties), self.method)
+            values.append(float(evaluate(task.y[split.heldout_rows], pred, task.properties)["mean"][self.metric]))
+        return float(np.mean(values)), values
+
+
+def _offset(report: Callable[[float, int], None] | None, offset: int) -> Callable[[float, int], None] | None:
+    if report is None:
+        return None
+
+    def cb(value: float, step: int) -> None:
+        report(value, offset + int(step))
+
+    return cb
+
+
+def pruning_reporter(trial: Any) -> Callable[[float, int], None]:
+    """The ``_report_callback`` of an iterative method: report to the trial, stop when pruned."""
+    import optuna
+
+    def report(value: float, step: int) -> None:
+        trial.report(float(value), int(step))
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step} (value {value:.6g})")
+
+    return report
+
+
+# --- storage, study, sampler ----------------------------------------------------------------------
+
+
+def open_storage(url: str) -> Any:
+    """An Optuna RDB storage with heartbeats (so trials of a dead worker become FAIL)."""
+    import optuna
+
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        engine_kwargs = {"connect_args": {"timeout": 120}}
+    last: Exception | None = None
+    for attempt in range(8):  # several processes may create the same fresh database at once
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                    grace_period=GRACE_PERIOD_S,
+                )
+        except Exception as exc:  # noqa: PERF203
+            last = exc
+            if "OperationalError" not in type(exc).__name__ and "locked" not in str(exc) and "exists" not in str(exc):
+                break
+            time.sleep(0.2 * (attempt + 1))
+    raise TuningError(f"cannot open the study storage {masked_url(url)}: {type(last).__name__}: {str(last).splitlines()[0] if last else ''}")
+
+
+def _sampler(seed: int) -> Any:
+    import optuna
+
+    class PerTrialSeededTPE(optuna.samplers.BaseSampler):
+        """TPE whose random state is reseeded from (seed, trial number) at each trial: a single
+        worker is reproducible, a resumed study does not replay its first suggestions, and
+        concurrent workers (distinct trial numbers) never draw the same random numbers."""
+
+        def __init__(self) -> None:
+            self._inner = optuna.samplers.TPESampler(seed=seed)
+
+        def infer_relative_search_space(self, study, trial):
+            return self._inner.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self._inner.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+        def before_trial(self, study, trial) -> None:
+            self._inner = optuna.samplers.TPESampler(seed=stable_seed(seed, "sampler", trial.number))
+            self._inner.before_trial(study, trial)
+
+        def after_trial(self, study, trial, state, values) -> None:
+            self._inner.after_trial(study, trial, state, values)
+
+    return PerTrialSeededTPE()
+
+
+def _pruner(kind: str) -> Any:
+    import optuna
+
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+    if kind == "none":
+        return optuna.pruners.NopPruner()
+    raise TuningError(f"--pruner takes 'median' or 'none', got {kind!r}")
+
+
+def _counted_states() -> tuple:
+    from optuna.trial import TrialState
+
+    return (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def count_trials(study: Any) -> dict[str, int]:
+    """Trials per state name (complete, pruned, fail, running, waiting), plus ``counted``."""
+    out: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        out[t.state.name.lower()] = out.get(t.state.name.lower(), 0) + 1
+    out["counted"] = out.get("complete", 0) + out.get("pruned", 0)
+    return out
+
+
+def _this_process() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid())}
+
+
+def _process_start(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22: start time in clock ticks
+
+
+def _process_alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OSError, ValueError, TypeError):
+        return False
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except OSError:
+        return True  # no /proc: trust kill(0)
+    rest = stat.rsplit(")", 1)[1].split()
+    if rest[0] in ("Z", "X"):
+        return False  # a killed process not yet reaped
+    return start is None or rest[19] == start
+
+
+def fail_stale_trials(study: Any) -> int:
+    """Mark RUNNING trials whose worker is gone as FAIL: workers on this host that no longer
+    exist (at once), and any worker whose heartbeat stopped (after the grace period).
+    Returns how many this call marked."""
+    import optuna
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    marked = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        w = t.user_attrs.get(A_WORKER) or {}
+        if w.get("host") == host and w.get("pid") is not None and not _process_alive(w["pid"], w.get("start")):
+            try:
+                study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+                marked += 1
+            except Exception:  # another worker marked it first
+                pass
+    before = count_trials(study).get("running", 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    return marked + max(0, before - count_trials(study).get("running", 0))
+
+
+def prepare_study(cfg: TuneConfig, protocol: dict[str, Any]) -> tuple[Any, int]:
+    """Create or load the study, check it was made with the same protocol, fail stale trials.
+
+    Returns (study, number of stale trials marked FAIL)."""
+    import optuna
+
+    storage = open_storage(cfg.storage_url())
+    name = cfg.study_name()
+    study = None
+    for attempt in range(5):
+        try:
+            study = optuna.create_study(
+                study_name=name, storage=storage, direction=protocol["direction"], load_if_exists=True,
+                sampler=_sampler(cfg.seed), pruner=_pruner(cfg.pruner),
+            )
+            break
+        except Exception as exc:
+            if attempt == 4 or "locked" not in str(exc):
+                raise
+            time.sleep(0.3 * (attempt + 1))
+    existing = study.user_attrs.get(A_PROTOCOL)
+    if existing is None:
+        study.set_user_attr(A_PROTOCOL, protocol)
+    else:
+        for key in ("method", "method_version", "task", "task_version", "n_shots", "n_splits", "seed", "metric", "heldout_fraction", "split_hashes"):
+            if existing.get(key) != protocol.get(key):
+                raise TuningError(
+                    f"study {name!r} in {masked_url(cfg.storage_url())} was made with {key}={existing.get(key)!r}, "
+                    f"this request has {protocol.get(key)!r}; use the same options or another --study name"
+                )
+    return study, fail_stale_trials(study)
+
+
+# --- a worker ---------------------------------------------------------------------------------------
+
+
+class _Surplus(Exception):
+    """The trial would exceed the study's target: it is closed as FAIL and not counted."""
+
+
+class _MethodFailed(Exception):
+    """The method raised on these parameters: the trial is FAIL, tuning goes on."""
+
+
+@dataclass
+class WorkerResult:
+    ran: int = 0
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    surplus: int = 0
+    last_error: str = ""
+    trials: list[int] = field(default_factory=list)
+
+
+def setup_task(cfg: TuneConfig) -> tuple[Any, Any, Any]:
+    """(task, method class, objective) for a config, with one-line errors for bad requests."""
+    from ctbench.cards import SuiteCard, load_card
+    from ctbench.plugins import get_method
+    from ctbench.tasks import build_task
+
+    if cfg.metric not in DIRECTIONS:
+        raise TuningError(f"--metric must be one of {', '.join(DIRECTIONS)}, got {cfg.metric!r}")
+    info = get_method(cfg.method)
+    cls = info.cls
+    if not cls.has_search_space():
+        raise TuningError(
+            f"method {cfg.method!r} has no search space to tune: its class {cls.__name__} does not define "
+            f"the classmethod search_space(trial)"
+        )
+    card = load_card(cfg.task)
+    if isinstance(card, SuiteCard):
+        raise TuningError(f"{cfg.task!r} is a suite; tune one task at a time (e.g. {card.tasks[0]!r})")
+    task = build_task(card, cfg.data_dir)
+    why = check_shots(cls, cfg.method, task, cfg.n_shots)
+    if why:
+        raise TuningError(why)
+    objective = ValidationObjective(task, cls, cfg.method, cfg.n_shots, cfg.reps, cfg.seed, cfg.metric)
+    return task, cls, objective
+
+
+def study_protocol(cfg: TuneConfig, task: Any, cls: Any, objective: ValidationObjective) -> dict[str, Any]:
+    return {
+        "method": cfg.method,
+        "method_version": str(cls.version),
+        "task": task.name,
+        "task_version": str(task.version),
+        "seed": cfg.seed,
+        **objective.protocol(),
+    }
+
+
+def run_worker(
+    cfg: TuneConfig,
+    on_trial: Callable[[Any, Any], None] | None = None,
+    prepared: tuple[Any, Any, Any, Any] | None = None,
+) -> WorkerResult:
+    """Run trials one at a time until the study holds ``cfg.trials`` COMPLETE + PRUNED trials
+    (or the timeout passes). Safe to run in several processes / hosts on one storage."""
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if prepared is None:
+        task, cls, objective = setup_task(cfg)
+        study, _ = prepare_study(cfg, study_protocol(cfg, task, cls, objective))
+    else:
+        task, cls, objective, study = prepared
+    me = {**_this_process(), "invocation": cfg.invocation, "worker": cfg.worker}
+    deadline = time.monotonic() + cfg.timeout if cfg.timeout else None
+    result = WorkerResult()
+    consecutive = 0
+    target = cfg.trials
+    alive_states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+    def objective_fn(trial: Any) -> float:
+        trial.set_user_attr(A_WORKER, me)
+        ahead = sum(1 for t in study.get_trials(deepcopy=False, states=alive_states) if t.number < trial.number)
+        if ahead >= target:
+            trial.set_user_attr(A_SURPLUS, True)
+            raise _Surplus()
+        params = objective.params_from(trial)  # a broken search space stops the worker
+        trial.set_user_attr(A_PARAMS, params)
+        try:
+            value, per_split = objective.score(params, pruning_reporter(trial) if cls.tags.iterative else None)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            trial.set_user_attr(A_ERROR, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500])
+            raise _MethodFailed() from exc
+        trial.set_user_attr(A_SPLITS, per_split)
+        if not math.isfinite(value):
+            trial.set_user_attr(A_ERROR, f"non-finite {cfg.metric}: {value}")
+            raise _MethodFailed()
+        return value
+
+    finished: list[Any] = []
+
+    def callback(study_: Any, frozen: Any) -> None:
+        finished.append(frozen)
+
+    while True:
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        fail_stale_trials(study)
+        counts = count_trials(study)
+        if counts["counted"] >= target:
+            break
+        if counts["counted"] + counts.get("running", 0) >= target:
+            time.sleep(POLL_S)  # others are running the last trials; wait in case one fails
+            continue
+        finished.clear()
+        study.optimize(objective_fn, n_trials=1, catch=(_Surplus, _MethodFailed), callbacks=[callback], gc_after_trial=False)
+        for frozen in finished:
+            if frozen.user_attrs.get(A_SURPLUS):
+                result.surplus += 1
+                continue
+            result.ran += 1
+            result.trials.append(frozen.number)
+            if frozen.state == TrialState.COMPLETE:
+                result.complete += 1
+                consecutive = 0
+            elif frozen.state == TrialState.PRUNED:
+                result.pruned += 1
+                consecutive = 0
+            else:
+                result.failed += 1
+                consecutive += 1
+                result.last_error = frozen.user_attrs.get(A_ERROR, "failed")
+            if on_trial is not None:
+                on_trial(study, frozen)
+        if consecutive >= cfg.max_failures:
+            raise TuningError(
+                f"{consecutive} trials in a row failed (last: {result.last_error}); fix the method or its search space"
+            )
+    return result
+
+
+def _worker_process(cfg_dict: dict[str, Any]) -> None:
+    """Entry point of a worker process started by ``tune(jobs > 1)``."""
+    import sys
+
+    cfg = TuneConfig(**cfg_dict)
+    if cfg.data_dir:
+        os.environ.setdefault("CTBENCH_DATA", cfg.data_dir)
+    try:
+        run_worker(cfg)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        from ctbench.cli.common import user_errors
+
+        if isinstance(exc, (TuningError, *user_errors())):
+            sys.stderr.write(f"error: worker {cfg.worker}: {exc}\n")
+            sys.exit(2)
+        raise
+
+
+# --- results --------------------------------------------------------------------------------------
+
+
+def best_summary(study: Any, cfg: TuneConfig, protocol: dict[str, Any]) -> dict[str, Any]:
+    """The tuned-parameters document of a study (what is written under ``tuned/``)."""
+    from optuna.trial import TrialState
+
+    import ctbench
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        raise TuningError(f"study {cfg.study_name()!r} has no completed trial yet; nothing to save")
+    best = study.best_trial
+    counts = count_trials(study)
+    return {
+        "method": cfg.method,
+        "method_version": protocol["method_version"],
+        "task": protocol["task"],
+        "task_version": protocol["task_version"],
+        "n_shots": cfg.n_shots,
+        "params": best.user_attrs.get(A_PARAMS, best.params),
+        "best_value": best.value,
+        "metric": cfg.metric,
+        "direction": protocol["direction"],
+        "best_trial": best.number,
+        "study": cfg.study_name(),
+        "storage": masked_url(cfg.storage_url()),
+        "n_trials": counts["counted"],
+        "n_trials_target": cfg.trials,
+        "n_complete": counts.get("complete", 0),
+        "n_pruned": counts.get("pruned", 0),
+        "n_failed": counts.get("fail", 0),
+        "validation": {**{k: v for k, v in protocol.items() if k not in ("method", "method_version", "task", "task_version")},
+                       "seed": cfg.seed, "best_split_values": best.user_attrs.get(A_SPLITS)},
+        "ctbench": ctbench.__version__,
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def save_tuned(results_dir: Path | str, summary: dict[str, Any]) -> Path:
+    """Write the tuned-parameters JSON atomically; returns its path."""
+    path = tuned_path(results_dir, summary["method"], summary["task"], summary["n_shots"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def tuned_specs(
+    methods: list[str],
+    tasks: list[str],
+    shots: list[int] | None,
+    results_dir: Path | str,
+    user_params: dict[str, Any] | None = None,
+    data_dir: str | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> list[tuple[MethodSpec, list[str], list[int]]]:
+    """Method specs with the tuned parameters of each (method, task, N), for ``run --params tuned``.
+
+    One ``(MethodSpec, [task], [N])`` per combination; ``params_source`` is ``tuned:<path>``.
+    Combinations without a usable tuned file fall back to default parameters with a warning.
+    ``--param`` values given by the user override tuned ones.
+    """
+    from ctbench.cards import expand_tasks
+    from ctbench.plugins import get_method
+
+    if warn is None:
+        import typer
+
+        def warn(msg: str) -> None:
+            typer.echo(f"warning: {msg}", err=True)
+
+    user_params = dict(user_params or {})
+    out: list[tuple[MethodSpec, list[str], list[int]]] = []
+    expanded = expand_tasks(tasks)
+    for method in methods:
+        cls = get_method(method).cls
+        for card, _explicit, suite_shots in expanded:
+            grid = shots if shots is not None else list(suite_shots or card.shots)
+            for n in grid:
+                path = tuned_path(results_dir, method, card.name, n)
+                params, source, problem = None, None, None
+                if not path.is_file():
+                    problem = f"no tuned parameters for {method} on {card.name} N={n} ({path} missing; run `ctbench tune --method {method} --task {card.name} --shots {n}`)"
+                else:
+                    try:
+                        doc = json.loads(path.read_text())
+                        if str(doc.get("task_version")) != str(card.version):
+                            problem = f"{path} was tuned for task version {doc.get('task_version')}, the task is at version {card.version}; re-tune"
+                        elif str(doc.get("method_version")) != str(cls.version):
+                            problem = f"{path} was tuned for {method} version {doc.get('method_version')}, the method is at version {cls.version}; re-tune"
+                        else:
+                            params = dict(doc["params"])
+                            source = f"tuned:{path}"
+                    except (ValueError, KeyError, TypeError) as exc:
+                        problem = f"{path} is not a tuned-parameters file ({type(exc).__name__}: {exc})"
+                if params is None:
+                    warn(f"{problem}; using default parameters")
+                    spec = MethodSpec(method, dict(user_params), "cli" if user_params else "default")
+                else:
+                    if user_params:
+                        params.update(user_params)
+                        source += "+cli"
+                    spec = MethodSpec(method, params, source)
+                out.append((spec, [card.name], [n]))
+    return out
+
+
+# --- MLflow ---------------------------------------------------------------------------------------
+
+
+def tune_experiment_name(task: str) -> str:
+    return f"ctbench-tune/{task}"
+
+
+class TuneTracker:
+    """One MLflow parent run per tune invocation, one nested run per trial it ran.
+
+    Every MLflow error becomes a warning (the study in the RDB storage is the source of truth)
+    and turns further logging off.
+    """
+
+    def __init__(self, results_dir: Path | str, warn: Callable[[str], None] | None = None, enabled: bool = True):
+        self.results_dir = Path(results_dir)
+        self.enabled = enabled
+        self.warn = warn or (lambda msg: warnings.warn(msg, stacklevel=3))
+        self.client = None
+        self.parent_id: str | None = None
+        self.experiment_id: str | None = None
+        self.logged: set[int] = set()
+
+    def _fail(self, what: str, exc: BaseException) -> None:
+        self.warn(f"MLflow {what} failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                  f"the study is safe, MLflow logging is off for this run")
+        self.enabled = False
+
+    def start(self, cfg: TuneConfig, protocol: dict[str, Any], jobs: int) -> None:
+        if not self.enabled:
+            return
+        try:
+            import logging
+
+            logging.getLogger("alembic").setLevel(logging.WARNING)
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
+            from mlflow.entities import Param
+            from mlflow.tracking import MlflowClient
+
+            from ctbench.tracking import artifact_location, tracking_uri
+
+            uri = tracking_uri(self.results_dir)
+            self.client = MlflowClient(tracking_uri=uri)
+            name = tune_experiment_name(protocol["task"])
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                try:
+                    self.experiment_id = self.client.create_experiment(
+                        name, artifact_location=artifact_location(self.results_dir) if uri.startswith("sqlite") else None
+                    )
+                except Exception:  # created by a concurrent tune
+                    self.experiment_id = self.client.get_experiment_by_name(name).experiment_id
+            else:
+                self.experiment_id = exp.experiment_id
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=f"tune-{cfg.method}-N{cfg.n_shots}",
+                tags={"ctbench.study": cfg.study_name(), "ctbench.invocation": cfg.invocation, "ctbench.kind": "tune"},
+            )
+            self.parent_id = run.info.run_id
+            params = {
+                "method": cfg.method, "method_version": protocol["method_version"], "task": protocol["task"],
+                "task_version": protocol["task_version"], "n_shots": cfg.n_shots, "reps": cfg.reps, "seed": cfg.seed,
+                "metric": cfg.metric, "study": cfg.study_name(), "storage": masked_url(cfg.storage_url()),
+                "trials_target": cfg.trials, "jobs": jobs, "pruner": cfg.pruner,
+            }
+            self.client.log_batch(self.parent_id, params=[Param(k, str(v)[:500]) for k, v in params.items()])
+        except Exception as exc:
+            self._fail("start", exc)
+
+    def log_trial(self, frozen: Any, cfg: TuneConfig) -> None:
+        if not self.enabled or self.parent_id is None or frozen.number in self.logged:
+            return
+        try:
+            from mlflow.entities import Metric, Param
+
+            ts = int(time.time() * 1000)
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=f"trial-{frozen.number}",
+                tags={
+                    "mlflow.parentRunId": self.parent_id,
+                    "optuna.trial_number": str(frozen.number),
+                    "optuna.state": frozen.state.name,
+                    "ctbench.study": cfg.study_name(),
+                    **({"ctbench.error": frozen.user_attrs[A_ERROR][:500]} if A_ERROR in frozen.user_attrs else {}),
+                },
+            )
+            params = frozen.user_attrs.get(A_PARAMS) or frozen.params
+            metrics = []
+            if frozen.value is not None:
+                metrics.append(Metric(f"val_{cfg.metric}", float(frozen.value), ts, 0))
+            for i, v in enumerate(frozen.user_attrs.get(A_SPLITS) or []):
+                metrics.append(Metric(f"val_{cfg.metric}.split{i}", float(v), ts, 0))
+            for step, v in sorted(frozen.intermediate_values.items()):
+                metrics.append(Metric("intermediate", float(v), ts, int(step)))
+            if frozen.duration is not None:
+                metrics.append(Metric("duration_s", frozen.duration.total_seconds(), ts, 0))
+            self.client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, str(v)[:500]) for k, v in sorted(params.items())])
+            status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(frozen.state.name, "FAILED")
+            self.client.set_terminated(run.info.run_id, status=status)
+            self.logged.add(frozen.number)
+        except Exception as exc:
+            self._fail("trial logging", exc)
+
+    def sync(self, study: Any, cfg: TuneConfig) -> None:
+        """Log this invocation's finished trials that MLflow does not have yet."""
+        if not self.enabled or self.parent_id is None:
+            return
+        from optuna.trial import TrialState
+
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+            w = t.user_attrs.get(A_WORKER) or {}
+            if w.get("invocation") == cfg.invocation and not t.user_attrs.get(A_SURPLUS) and t.number not in self.logged:
+                self.log_trial(t, cfg)
+
+    def finish(self, summary: dict[str, Any] | None, path: Path | None, status: str = "FINISHED") -> None:
+        if not self.enabled or self.parent_id is None:
+            return
+        try:
+            from mlflow.entities import Metric, Param
+
+            if summary is not None:
+                ts = int(time.time() * 1000)
+                metrics = [Metric(f"best_val_{summary['metric']}", float(summary["best_value"]), ts, 0)]
+                metrics += [Metric(k, float(summary[k]), ts, 0) for k in ("n_trials", "n_complete", "n_pruned", "n_failed")]
+                params = [Param(f"best.{k}", str(v)[:500]) for k, v in sorted(summary["params"].items())]
+                self.client.log_batch(self.parent_id, metrics=metrics, params=params)
+                if path is not None:
+                    self.client.log_artifact(self.parent_id, str(path))
+            self.client.set_terminated(self.parent_id, status=status)
+        except Exception as exc:
+            self._fail("finish", exc)
+
+
+# --- the whole tune ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TuneOutcome:
+    study: str
+    storage: str
+    existing: int
+    stale_failed: int
+    target: int
+    counts: dict[str, int]
+    summary: dict[str, Any] | None
+    path: Path | None
+    worker_results: list[WorkerResult]
+    elapsed_s: float
+
+
+def tune(
+    cfg: TuneConfig,
+    jobs: int = 1,
+    mlflow: bool = True,
+    say: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+    progress: Any = None,
+) -> TuneOutcome:
+    """Tune ``cfg.method`` on ``cfg.task`` at N = ``cfg.n_shots`` until the study holds
+    ``cfg.trials`` trials (resuming an existing study), with ``jobs`` worker processes; save
+    the best parameters. ``say`` prints a line, ``progress`` is an optional rich Progress."""
+    import uuid
+
+    say = say or (lambda msg: None)
+    t0 = time.perf_counter()
+    if cfg.trials < 1:
+        raise TuningError("--trials must be at least 1")
+    if cfg.reps < 1:
+        raise TuningError("--reps must be at least 1")
+    if jobs < 1:
+        raise TuningError("--jobs must be at least 1")
+    if cfg.timeout is not None and cfg.timeout <= 0:
+        raise TuningError("--timeout must be a positive number of seconds")
+    _pruner(cfg.pruner)
+    if not cfg.invocation:
+        cfg.invocation = uuid.uuid4().hex[:12]
+    task, cls, objective = setup_task(cfg)
+    protocol = study_protocol(cfg, task, cls, objective)
+    study, stale = prepare_study(cfg, protocol)
+    counts = count_trials(study)
+    existing = counts["counted"]
+    todo = max(0, cfg.trials - existing)
+    say(
+        f"study {cfg.study_name()!r} in {masked_url(cfg.storage_url())}: {existing} trial(s) already (complete or pruned)"
+        + (f", {stale} stale running trial(s) of a dead worker marked failed" if stale else "")
+        + (f"; running up to {todo} more to reach {cfg.trials}" + (f" with {jobs} workers" if jobs > 1 else "") if todo
+           else f"; the target of {cfg.trials} is reached, nothing to run")
+    )
+    tracker = TuneTracker(cfg.results_dir, warn=warn, enabled=mlflow and todo > 0)
+    tracker.start(cfg, protocol, jobs)
+    bar = progress.add_task("", total=cfg.trials, completed=existing) if progress is not None and todo else None
+
+    def refresh() -> None:
+        if bar is None:
+            return
+        from optuna.trial import TrialState
+
+        done = study.get_trials(deepcopy=False, states=_counted_states())
+        complete = [t for t in done if t.state == TrialState.COMPLETE]
+        desc = ""
+        if complete:
+            pick = min if protocol["direction"] == "minimize" else max
+            best = pick(complete, key=lambda t: t.value)
+            desc = f"best {cfg.metric} {best.value:.4g} (trial {best.number})"
+        n_pruned = len(done) - len(complete)
+        if n_pruned:
+            desc += f" · {n_pruned} pruned"
+        progress.update(bar, completed=min(len(done), cfg.trials), description=desc)
+
+    results: list[WorkerResult] = []
+    status = "FINISHED"
+    try:
+        if todo and jobs == 1:
+            def on_trial(study_: Any, frozen: Any) -> None:
+                tracker.log_trial(frozen, cfg)
+                refresh()
+
+            results.append(run_worker(cfg, on_trial=on_trial, prepared=(task, cls, objective, study)))
+        elif todo:
+            results = _run_processes(cfg, jobs, study, tracker, refresh)
+        refresh()
+    except BaseException:
+        status = "KILLED"
+        tracker.sync(study, cfg)
+        tracker.finish(None, None, status="KILLED")
+        raise
+    counts = count_trials(study)
+    summary = best_summary(study, cfg, protocol)
+    path = save_tuned(cfg.results_dir, summary)
+    tracker.sync(study, cfg)
+    tracker.finish(summary, path, status=status)
+    return TuneOutcome(
+        study=cfg.study_name(), storage=masked_url(cfg.storage_url()), existing=existing, stale_failed=stale,
+        target=cfg.trials, counts=counts, summary=summary, path=path, worker_results=results,
+        elapsed_s=time.perf_counter() - t0,
+    )
+
+
+def _run_processes(cfg: TuneConfig, jobs: int, study: Any, tracker: TuneTracker, refresh: Callable[[], None]) -> list[WorkerResult]:
+    """Run ``jobs`` worker processes on the study; the caller's process logs and shows progress."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = []
+    for k in range(jobs):
+        d = asdict(cfg)
+        d["worker"] = k
+        p = ctx.Process(target=_worker_process, args=(d,), name=f"ctbench-tune-{k}")
+        p.start()
+        procs.append(p)
+    try:
+        while any(p.is_alive() for p in procs):
+            for p in procs:
+                p.join(timeout=0.5 / jobs)
+            tracker.sync(study, cfg)
+            refresh()
+    except BaseException:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(timeout=10)
+        raise
+    bad = [p for p in procs if p.exitcode != 0]
+    if bad:
+        raise TuningError(
+            f"{len(bad)} of {jobs} worker process(es) stopped with an error (exit code {bad[0].exitcode}; see above); "
+            f"rerun the same command to resume"
+        )
+    return []
