@@ -307,9 +307,24 @@ def run_unit(unit: WorkUnit, progress: Callable[[dict, str], None] | None = None
 _QUEUE = None
 
 
+def _single_threaded_blas():
+    import contextlib
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    return threadpool_limits(1)
+
+
 def _worker_init(queue: Any) -> None:
     global _QUEUE
     _QUEUE = queue
+    # one BLAS / OpenMP thread per worker process: --jobs processes share the cores
+    _single_threaded_blas()
+    import os
+
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def _worker_run(unit: WorkUnit) -> list[tuple[str, str]]:
@@ -323,8 +338,10 @@ def execute(plan: Plan, jobs: int, on_record: Callable[[str, str], None]) -> lis
     """Run every unit of the plan (in ``jobs`` processes); ``on_record(status, path)`` per record."""
     results: list[tuple[str, str]] = []
     if jobs <= 1 or len(plan.units) <= 1:
-        for unit in plan.units:
-            results += run_unit(unit, lambda rec, path: on_record(rec["status"], path))
+        # the matrices of a calibration-transfer run are small: BLAS threads only contend
+        with _single_threaded_blas():
+            for unit in plan.units:
+                results += run_unit(unit, lambda rec, path: on_record(rec["status"], path))
         return results
     import multiprocessing as mp
     import queue as queue_mod

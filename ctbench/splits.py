@@ -119,6 +119,23 @@ class ShotsError(ValueError):
     """Shot count out of the task's or the method's limits."""
 
 
+_ORDERS: dict[tuple, np.ndarray] = {}
+
+
+def _rep_order(task: Any, rep: int, seed: int) -> np.ndarray:
+    """The repetition's ordering of the pool's samples (computed once per process: it does not
+    depend on N, so every method and shot count of a sweep shares it)."""
+    strategy = task.card.standards["strategy"]
+    subsample = float(task.card.standards.get("subsample", 0.8))
+    key = (task.name, task.version, task.card.sha256, hash_indices(task.pool_rows), strategy, subsample, seed, rep)
+    if key not in _ORDERS:
+        pool = task.pool_rows
+        _ORDERS[key] = standards_order(
+            task.X_source[pool], task.groups[pool], task.pool_groups, strategy, (task.name, task.version, seed), rep, subsample
+        )
+    return _ORDERS[key]
+
+
 def make_split(task: Any, n_shots: int, rep: int, seed: int = 0) -> Split:
     """The (N, rep) split of a task: standards are the first N samples of the rep's ordering."""
     n_pool = task.n_pool_samples
@@ -129,16 +146,7 @@ def make_split(task: Any, n_shots: int, rep: int, seed: int = 0) -> Split:
         )
     pool = task.pool_rows
     strategy = task.card.standards["strategy"]
-    order = standards_order(
-        task.X_source[pool],
-        task.groups[pool],
-        task.pool_groups,
-        strategy,
-        (task.name, task.version, seed),
-        rep,
-        float(task.card.standards.get("subsample", 0.8)),
-    )
-    chosen = order[:n_shots]
+    chosen = _rep_order(task, rep, seed)[:n_shots]
     return Split(
         n_shots=n_shots,
         rep=rep,

@@ -2,7 +2,7 @@
 
 Records live at ``<results>/runs/<task>/<method>/<key>.json``; the key is a hash of the
 canonical JSON of what defines the run, so re-running skips finished work and a killed sweep
-resumes. Writes are atomic (temporary file, fsync, rename): a record is either whole or absent.
+resumes. Writes are atomic (temporary file, then rename): a record is either whole or absent.
 Failed runs are stored with status ``failed`` and their traceback, and are retried next time.
 """
 
@@ -91,9 +91,7 @@ class Store:
         try:
             with os.fdopen(fd, "w") as fh:
                 fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            os.replace(tmp, path)  # atomic: a killed process leaves the old record or none, never half of one
         except BaseException:
             try:
                 os.unlink(tmp)

@@ -8,6 +8,7 @@ rest is the calibration pool from which transfer standards are drawn.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,7 @@ class Task:
     def version(self) -> str:
         return self.card.version
 
-    @property
+    @cached_property
     def pool_groups(self) -> np.ndarray:
         """Sample ids of the calibration pool, in first-appearance order."""
         _, first = np.unique(self.groups[self.pool_rows], return_index=True)
@@ -50,15 +51,19 @@ class Task:
     def n_pool_samples(self) -> int:
         return int(len(self.pool_groups))
 
+    @cached_property
+    def _pool_rows_by_group(self) -> dict[str, list[int]]:
+        by_group: dict[str, list[int]] = {}
+        for r in self.pool_rows:
+            by_group.setdefault(str(self.groups[r]), []).append(int(r))
+        return by_group
+
     def rows_of(self, groups: np.ndarray) -> np.ndarray:
         """Rows (in the pool) of the given sample ids, in the order of ``groups``."""
-        pool = self.pool_rows
-        by_group: dict[str, list[int]] = {}
-        for r in pool:
-            by_group.setdefault(self.groups[r], []).append(int(r))
+        by_group = self._pool_rows_by_group
         out: list[int] = []
         for g in groups:
-            out.extend(by_group[g])
+            out.extend(by_group[str(g)])
         return np.asarray(out, dtype=int)
 
     def summary(self) -> dict[str, Any]:

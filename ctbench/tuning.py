@@ -188,7 +188,16 @@ class ValidationObjective:
 
     def params_from(self, trial: Any) -> dict[str, Any]:
         """The parameters the method's search space suggests for this trial (validated)."""
-        params = self.cls.search_space(trial)
+        import optuna
+
+        try:
+            params = self.cls.search_space(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            raise TuningError(
+                f"search_space of {self.method!r} raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from exc
         if not isinstance(params, dict):
             raise TuningError(f"method {self.method!r}: search_space(trial) must return a dict, got {type(params).__name__}")
         params = _jsonable(dict(params))
@@ -268,7 +277,7 @@ def open_storage(url: str) -> Any:
 
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
-        engine_kwargs = {"connect_args": {"timeout": 120}}
+        engine_kwargs = _sqlite_engine_kwargs(url)
     last: Exception | None = None
     for attempt in range(8):  # several processes may create the same fresh database at once
         try:
@@ -281,11 +290,34 @@ def open_storage(url: str) -> Any:
                     grace_period=GRACE_PERIOD_S,
                 )
         except Exception as exc:  # noqa: PERF203
+            import sqlalchemy.exc
+
             last = exc
-            if "OperationalError" not in type(exc).__name__ and "locked" not in str(exc) and "exists" not in str(exc):
-                break
+            if not isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError)):
+                break  # a bad URL or a missing driver: retrying will not help
             time.sleep(0.2 * (attempt + 1))
     raise TuningError(f"cannot open the study storage {masked_url(url)}: {type(last).__name__}: {str(last).splitlines()[0] if last else ''}")
+
+
+def _sqlite_engine_kwargs(url: str) -> dict[str, Any]:
+    """SQLite in WAL mode with synchronous=NORMAL: a commit survives a killed process (it is in
+    the operating system's hands), without an fsync per commit; readers never block the writer;
+    writers wait up to two minutes for the lock. Several processes of one host can share it."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        return {"connect_args": {"timeout": 120}}
+
+    def connect() -> Any:
+        import sqlite3
+
+        conn = sqlite3.connect(database, timeout=120, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    return {"creator": connect}
 
 
 def _sampler(seed: int) -> Any:
@@ -383,6 +415,7 @@ def fail_stale_trials(study: Any) -> int:
 
     host = socket.gethostname()
     marked = 0
+    running = set()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         w = t.user_attrs.get(A_WORKER) or {}
         if w.get("host") == host and w.get("pid") is not None and not _process_alive(w["pid"], w.get("start")):
@@ -391,11 +424,17 @@ def fail_stale_trials(study: Any) -> int:
                 marked += 1
             except Exception:  # another worker marked it first
                 pass
-    before = count_trials(study).get("running", 0)
+        else:
+            running.add(t.number)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    return marked + max(0, before - count_trials(study).get("running", 0))
+    if running:  # heartbeat-stale ones: now FAIL without an error of their own
+        marked += sum(
+            1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            if t.number in running and A_ERROR not in t.user_attrs and A_SURPLUS not in t.user_attrs
+        )
+    return marked
 
 
 def prepare_study(cfg: TuneConfig, protocol: dict[str, Any]) -> tuple[Any, int]:
@@ -404,6 +443,7 @@ def prepare_study(cfg: TuneConfig, protocol: dict[str, Any]) -> tuple[Any, int]:
     Returns (study, number of stale trials marked FAIL)."""
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(cfg.storage_url())
     name = cfg.study_name()
     study = None
@@ -576,13 +616,30 @@ def run_worker(
     return result
 
 
-def _worker_process(cfg_dict: dict[str, Any]) -> None:
+def _die_with_parent(parent_pid: int | None) -> None:
+    """Linux: a worker process is killed when the tune that started it dies (even by SIGKILL),
+    so no orphan keeps running; the next tune marks its unfinished trial failed."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except Exception:
+        return
+    if parent_pid is not None and os.getppid() != parent_pid:  # it died before prctl
+        os._exit(1)
+
+
+def _worker_process(cfg_dict: dict[str, Any], parent_pid: int | None = None) -> None:
     """Entry point of a worker process started by ``tune(jobs > 1)``."""
     import sys
 
     cfg = TuneConfig(**cfg_dict)
-    if cfg.data_dir:
-        os.environ.setdefault("CTBENCH_DATA", cfg.data_dir)
+    _die_with_parent(parent_pid)
     try:
         run_worker(cfg)
     except KeyboardInterrupt:
@@ -954,7 +1011,7 @@ def _run_processes(cfg: TuneConfig, jobs: int, study: Any, tracker: TuneTracker,
     for k in range(jobs):
         d = asdict(cfg)
         d["worker"] = k
-        p = ctx.Process(target=_worker_process, args=(d,), name=f"ctbench-tune-{k}")
+        p = ctx.Process(target=_worker_process, args=(d, os.getpid()), name=f"ctbench-tune-{k}")
         p.start()
         procs.append(p)
     try:

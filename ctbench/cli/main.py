@@ -6,7 +6,7 @@ import importlib
 
 import typer
 
-COMMAND_MODULES = ("run", "leaderboard", "catalog", "data", "check", "tune", "report", "pretrain")
+COMMAND_MODULES = ("run", "leaderboard", "catalog", "data", "check", "tune", "report", "pretrain", "bench")
 
 app = typer.Typer(
     name="ctbench",

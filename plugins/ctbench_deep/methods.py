@@ -153,6 +153,24 @@ class _DeepTransferMethod(TransferMethod):
                 on_epoch=self.report_intermediate,
                 augment=augment,
             )
+            if self.refit and len(val) and result.best_epoch > 0:
+                # the epoch count is chosen; now train again on the whole calibration
+                rng = np.random.default_rng([int(self.random_state), 1])
+                model = T.build_model(config, None, device)
+                T.fit_network(
+                    model,
+                    Xt,
+                    Yt,
+                    params=list(model.parameters()),
+                    epochs=result.best_epoch,
+                    lr=float(self.lr),
+                    weight_decay=float(self.weight_decay),
+                    batch_size=int(self.batch_size),
+                    loss=self._loss,
+                    optimizer=self._optimizer,
+                    rng=rng,
+                    augment=augment,
+                )
         self.config_ = config
         self.source_state_ = T.cpu_state(model)
         self.state_ = self.source_state_
@@ -214,6 +232,7 @@ class CNN(_DeepTransferMethod):
         hidden: int = 64,
         dropout: float = 0.1,
         augment: float = 0.0,
+        refit: bool = True,
         transfer_epochs: int = 30,
         transfer_max_epochs: int = 200,
         transfer_patience: int = 30,
@@ -235,6 +254,7 @@ class CNN(_DeepTransferMethod):
         self.hidden = hidden
         self.dropout = dropout
         self.augment = augment
+        self.refit = refit
         self.transfer_epochs = transfer_epochs
         self.transfer_max_epochs = transfer_max_epochs
         self.transfer_patience = transfer_patience
@@ -338,6 +358,7 @@ class LoRACT(_DeepTransferMethod):
         hidden: int = 64,
         dropout: float = 0.1,
         augment: float = 0.0,
+        refit: bool = True,
         rank: int = 4,
         transfer_epochs: int = 200,
         transfer_lr: float = 1e-3,
@@ -359,6 +380,7 @@ class LoRACT(_DeepTransferMethod):
         self.hidden = hidden
         self.dropout = dropout
         self.augment = augment
+        self.refit = refit
         self.rank = rank
         self.transfer_epochs = transfer_epochs
         self.transfer_lr = transfer_lr

@@ -88,22 +88,24 @@ class TransformerBlock(nn.Module):
 
 
 class SpectralConv1d(nn.Module):
-    """Fourier layer: keep the lowest ``modes`` frequencies and mix channels there with complex weights."""
+    """Fourier layer: keep the lowest ``modes`` frequencies and mix channels there with complex weights.
+
+    Channels-last: x (b, n, width) -> (b, n, width)."""
 
     def __init__(self, width: int, modes: int):
         super().__init__()
         self.modes = modes
         scale = 1.0 / (width * width)
-        self.weight = nn.Parameter(scale * torch.randn(width, width, modes, 2))
+        self.weight = nn.Parameter(scale * torch.randn(modes, width, width, 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[-1]
-        xf = torch.fft.rfft(x.float(), dim=-1)
+        n = x.shape[1]
+        xf = torch.fft.rfft(x.float().transpose(1, 2).contiguous(), dim=-1)  # (b, width, n//2+1)
         m = min(self.modes, xf.shape[-1])
-        w = torch.view_as_complex(self.weight[..., :m, :].contiguous())
-        out = torch.zeros_like(xf)
-        out[..., :m] = torch.einsum("bim,iom->bom", xf[..., :m], w)
-        return torch.fft.irfft(out, n=n, dim=-1).to(x.dtype)
+        w = torch.view_as_complex(self.weight[:m].contiguous())  # (m, in, out)
+        low = torch.einsum("bim,mio->bom", xf[..., :m], w)
+        out = F.pad(low, (0, xf.shape[-1] - m))
+        return torch.fft.irfft(out, n=n, dim=-1).transpose(1, 2).to(x.dtype)
 
 
 class FNOTransferHead(nn.Module):
@@ -112,22 +114,22 @@ class FNOTransferHead(nn.Module):
 
     def __init__(self, cond_dim: int, width: int, modes: int, layers: int):
         super().__init__()
-        self.lift = nn.Conv1d(2, width, 1)
+        self.lift = nn.Linear(2, width)
         self.spectral = nn.ModuleList(SpectralConv1d(width, modes) for _ in range(layers))
-        self.pointwise = nn.ModuleList(nn.Conv1d(width, width, 1) for _ in range(layers))
+        self.pointwise = nn.ModuleList(nn.Linear(width, width) for _ in range(layers))
         self.film = nn.Linear(cond_dim, 2 * width * layers)
-        self.project = nn.Sequential(nn.Conv1d(width, width, 1), nn.GELU(), nn.Conv1d(width, 1, 1))
+        self.project = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, 1))
         nn.init.zeros_(self.project[-1].weight)
         nn.init.zeros_(self.project[-1].bias)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         b, n = x.shape
         pos = torch.linspace(-1, 1, n, device=x.device, dtype=x.dtype).expand(b, n)
-        h = self.lift(torch.stack([x, pos], dim=1))
-        film = self.film(cond).view(b, len(self.spectral), 2, -1, 1)
+        h = self.lift(torch.stack([x, pos], dim=-1))  # (b, n, width)
+        film = self.film(cond.to(x.dtype)).view(b, len(self.spectral), 2, 1, -1)
         for i, (sc, pw) in enumerate(zip(self.spectral, self.pointwise)):
             h = F.gelu((sc(h) + pw(h)) * (1 + film[:, i, 0]) + film[:, i, 1])
-        return x + self.project(h)[:, 0]
+        return x + self.project(h)[..., 0]
 
 
 class SpektronModel(nn.Module):

@@ -204,6 +204,19 @@ def resolve_scan_impl(impl: str, device: torch.device) -> str:
     return impl
 
 
+def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Causal depthwise convolution along the sequence: x (b, L, d), weight (d, K) -> (b, L, d).
+
+    Written as K shifted multiply-adds (mkldnn's depthwise conv1d is slow on small CPU inputs)."""
+    K = weight.shape[1]
+    L = x.shape[1]
+    xp = F.pad(x, (0, 0, K - 1, 0))
+    y = bias.to(x.dtype).expand_as(x)
+    for k in range(K):
+        y = y + xp[:, k:k + L] * weight[:, k].to(x.dtype)
+    return y
+
+
 class SelectiveSSM(nn.Module):
     """One direction of a Mamba mixer: causal depthwise conv, input-dependent (dt, B, C), the scan."""
 
@@ -212,7 +225,8 @@ class SelectiveSSM(nn.Module):
         self.d_inner, self.d_state, self.structure, self.chunk = d_inner, d_state, structure, chunk
         self.n_heads = d_inner // head_dim if structure == "head" else d_inner
         self.head_dim = head_dim if structure == "head" else 1
-        self.conv = nn.Conv1d(d_inner, d_inner, conv_kernel, groups=d_inner, padding=conv_kernel - 1)
+        self.conv_weight = nn.Parameter(torch.randn(d_inner, conv_kernel) / math.sqrt(conv_kernel))
+        self.conv_bias = nn.Parameter(torch.zeros(d_inner))
         self.x_proj = nn.Linear(d_inner, self.n_heads + 2 * d_state, bias=False)
         # dt initialised log-uniform in [1e-3, 1e-1] through the softplus bias (as in Mamba)
         dt = torch.exp(torch.rand(self.n_heads) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
@@ -227,8 +241,7 @@ class SelectiveSSM(nn.Module):
     def forward(self, x: torch.Tensor, impl: str) -> torch.Tensor:
         """x: (b, L, d_inner) -> (b, L, d_inner)."""
         b, L, _ = x.shape
-        xc = self.conv(x.transpose(1, 2))[..., :L]
-        xc = F.silu(xc).transpose(1, 2)  # (b, L, d_inner)
+        xc = F.silu(causal_depthwise_conv(x, self.conv_weight, self.conv_bias))  # (b, L, d_inner)
         dt_raw, B, C = torch.split(self.x_proj(xc), [self.n_heads, self.d_state, self.d_state], dim=-1)
         A = -torch.exp(self.A_log.float())
         if self.structure == "head":

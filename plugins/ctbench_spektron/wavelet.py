@@ -29,9 +29,10 @@ def dwt_filters(wavelet: str) -> torch.Tensor:
 def dwt_level(x: torch.Tensor, filters: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One periodized DWT level of x (b, n) with even n: returns (approximation, detail), each (b, n/2)."""
     L = filters.shape[-1]
-    xp = F.pad(x[:, None, :], (L // 2 - 1, L // 2), mode="circular")
-    y = F.conv1d(xp, filters.to(x.dtype), stride=2)
-    return y[:, 0], y[:, 1]
+    xp = F.pad(x[:, None, :], (L // 2 - 1, L // 2), mode="circular")[:, 0]
+    # strided convolution written as windows @ filters (a matmul: much faster than conv1d on CPU)
+    y = xp.unfold(-1, L, 2) @ filters[:, 0, :].to(x.dtype).T  # (b, n/2, 2)
+    return y[..., 0], y[..., 1]
 
 
 def wavedec(x: torch.Tensor, filters: torch.Tensor, levels: int) -> list[torch.Tensor]:

@@ -1,0 +1,97 @@
+"""`ctbench bench sweep`: time a whole benchmark sweep (figures printed, nothing asserted)."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ctbench.cli.common import friendly_errors, int_list, set_data_dir, split_list, stderr_console
+
+CLASSICAL_SWEEP = "no_transfer,target_only,full_recalibration,sbc,ds,pds,cca,dipls,mdipls,gctpls"
+
+
+def register(app: typer.Typer) -> None:
+    bench = typer.Typer(help="Benchmarks that print timings (speed targets live here, not in tests).")
+    bench.command("sweep")(sweep)
+    app.add_typer(bench, name="bench")
+
+
+def sweep(
+    method: str = typer.Option(CLASSICAL_SWEEP, "--method", "-m", help="Methods, comma-separated."),
+    task: str = typer.Option("all", "--task", "-t", help="Tasks or suites."),
+    shots: str = typer.Option("0,5,10,20,30,50", "--shots", "-n", help="Shot counts (impossible ones are skipped)."),
+    reps: int = typer.Option(10, "--reps", "-r"),
+    seed: int = typer.Option(0, "--seed"),
+    jobs: int = typer.Option(2, "--jobs", "-j"),
+    results_dir: Optional[Path] = typer.Option(None, "--results-dir", help="Store (default: a fresh temporary folder, so everything is computed)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
+    publish: Optional[Path] = typer.Option(None, "--publish", help="Also write the leaderboard (Markdown + JSON) into this folder."),
+) -> None:
+    """Run a sweep without MLflow and print its wall time and records per second."""
+    import json
+
+    from ctbench.runner import MethodSpec, execute, plan_runs
+
+    console = stderr_console()
+    tmp = None
+    if results_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="ctbench-bench-")
+        results_dir = Path(tmp.name)
+    t0 = time.perf_counter()
+    with friendly_errors():
+        specs = [MethodSpec(m) for m in split_list(method)]
+        tasks = split_list(task)
+        shot_list = int_list(shots, "--shots")
+        plan = plan_runs(specs, tasks, shot_list, reps, seed, results_dir, set_data_dir(data_dir), force=False)
+    t_plan = time.perf_counter() - t0
+    console.print(f"{plan.n_todo} runs to do ({plan.n_done} already stored), {len(plan.units)} (method, task) fits, {jobs} processes; {len(plan.skipped)} impossible (task, method, N) combinations skipped")
+    counts = {"ok": 0, "failed": 0}
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    t1 = time.perf_counter()
+    with Progress(TextColumn("[bold]sweep[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
+        bar = progress.add_task("", total=plan.n_todo)
+
+        def on_record(status: str, path: str) -> None:
+            counts[status] = counts.get(status, 0) + 1
+            progress.advance(bar)
+
+        execute(plan, jobs, on_record)
+    t_run = time.perf_counter() - t1
+    wall = time.perf_counter() - t0
+    from ctbench.store import Store
+
+    phases: dict[str, float] = {}
+    fits: dict[tuple, float] = {}
+    records = list(Store(results_dir).iter_records())
+    for r in records:
+        for k, v in (r.get("timings") or {}).items():
+            if k == "fit_s":
+                fits[(r["identity"]["method"], r["identity"]["task"])] = v
+            elif k != "load_s":
+                phases[k] = phases.get(k, 0.0) + v
+    phases["fit_s (once per method and task)"] = sum(fits.values())
+    n = counts["ok"] + counts["failed"]
+    typer.echo(f"records: {n} ({counts['ok']} ok, {counts['failed']} failed)")
+    typer.echo(f"wall time: {wall:.1f} s (planning and data loading {t_plan:.1f} s, runs {t_run:.1f} s) on {jobs} process(es)")
+    typer.echo(f"throughput: {n / max(t_run, 1e-9):.1f} records/s")
+    for k, v in sorted(phases.items()):
+        typer.echo(f"  summed {k}: {v:.1f} s")
+    if publish is not None:
+        from ctbench.leaderboard import build_leaderboard, format_rows
+
+        publish.mkdir(parents=True, exist_ok=True)
+        rows = build_leaderboard([r for r in records])
+        (publish / "reference_leaderboard.md").write_text(
+            "# ctbench reference leaderboard\n\n"
+            f"Regenerate: `ctbench bench sweep --method {method} --task {task} --shots {shots} --reps {reps} --seed {seed} --publish {publish}`\n\n"
+            + format_rows(rows, "md") + "\n"
+        )
+        (publish / "reference_leaderboard.json").write_text(json.dumps(rows, indent=1, default=lambda o: None))
+        typer.echo(f"wrote {publish / 'reference_leaderboard.md'} and .json ({len(rows)} rows)")
+    if tmp is not None:
+        tmp.cleanup()

@@ -1,0 +1,372 @@
+"""`ctbench tune`: validation on the calibration pool only, search spaces, pruning, resume after a
+kill, several workers on one study with an exact trial count, MLflow, and `run --params tuned`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ctbench.cli.main import app
+from ctbench.method import Tags, TransferMethod
+from ctbench.store import Store
+from ctbench.tuning import A_WORKER, TuneConfig, TuningError, tune
+
+runner = CliRunner()
+TASK = "synthetic_a_b"
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def load_study(results: Path, name: str):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{results}/optuna.db")
+
+
+def states(study) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+# --- probe methods (registered for one test with the extra_methods fixture) -----------------------
+
+SHOWN: list[tuple[str, np.ndarray]] = []
+
+
+class LeakProbe(TransferMethod):
+    """Records every array it is shown; transductive, so it is given unlabelled spectra too."""
+
+    name = "tune_probe"
+    tags = Tags(min_shots=1, transductive=True)
+
+    def __init__(self, shrink: float = 1.0, random_state: int = 0):
+        self.shrink = shrink
+        self.random_state = random_state
+
+    def fit(self, source):
+        SHOWN.extend([("spectra", source.X), ("y", source.y)])
+        self.mean_ = np.asarray(source.y).mean(axis=0)
+        return self
+
+    def transfer(self, standards, unlabelled=None):
+        SHOWN.extend([("spectra", standards.X_source), ("spectra", standards.X_target), ("y", standards.y)])
+        if unlabelled is not None:
+            SHOWN.append(("spectra", unlabelled))
+        return self
+
+    def predict(self, X_target):
+        SHOWN.append(("spectra", X_target))
+        return np.tile(self.mean_ * self.shrink, (len(X_target), 1))
+
+    @classmethod
+    def search_space(cls, trial):
+        return {"shrink": trial.suggest_float("shrink", 0.5, 1.5)}
+
+
+class NoSpace(TransferMethod):
+    name = "no_space"
+    tags = Tags(min_shots=1)
+
+    def __init__(self, random_state: int = 0):
+        self.random_state = random_state
+
+
+BUILT: list[dict] = []
+
+
+class Conditional(TransferMethod):
+    """A space with a categorical, an integer, a log-float only for kind 'a', a stepped int only for 'b'."""
+
+    name = "conditional"
+    tags = Tags(min_shots=1)
+
+    def __init__(self, kind: str = "a", n: int = 1, alpha: float = 0.1, width: int = 2, random_state: int = 0):
+        self.kind, self.n, self.alpha, self.width, self.random_state = kind, n, alpha, width, random_state
+
+    def fit(self, source):
+        BUILT.append(self.get_params())
+        self.mean_ = np.asarray(source.y).mean(axis=0)
+        return self
+
+    def transfer(self, standards, unlabelled=None):
+        return self
+
+    def predict(self, X_target):
+        penalty = self.alpha if self.kind == "a" else self.width / 8
+        return np.tile(self.mean_ + penalty + self.n, (len(X_target), 1))
+
+    @classmethod
+    def search_space(cls, trial):
+        params = {"kind": trial.suggest_categorical("kind", ["a", "b"]), "n": trial.suggest_int("n", 1, 4)}
+        if params["kind"] == "a":
+            params["alpha"] = trial.suggest_float("alpha", 1e-4, 1.0, log=True)
+        else:
+            params["width"] = trial.suggest_int("width", 2, 8, step=2)
+        return params
+
+
+class Iterative(TransferMethod):
+    """Reports its parameter as the intermediate value of 20 'epochs' (worse for larger x)."""
+
+    name = "iterative_probe"
+    tags = Tags(min_shots=1, iterative=True)
+
+    def __init__(self, x: float = 0.5, random_state: int = 0):
+        self.x, self.random_state = x, random_state
+
+    def fit(self, source):
+        for epoch in range(20):
+            self.report_intermediate(self.x + 1.0 / (epoch + 1), epoch)
+        self.mean_ = np.asarray(source.y).mean(axis=0)
+        return self
+
+    def transfer(self, standards, unlabelled=None):
+        return self
+
+    def predict(self, X_target):
+        return np.tile(self.mean_ + self.x, (len(X_target), 1))
+
+    @classmethod
+    def search_space(cls, trial):
+        return {"x": trial.suggest_float("x", 0.0, 10.0)}
+
+
+# --- tests ---------------------------------------------------------------------------------------
+
+
+def test_objective_never_sees_the_test_rows(tmp_path, extra_methods):
+    from ctbench.cards import load_card
+    from ctbench.splits import validation_splits
+    from ctbench.tasks import build_task
+
+    extra_methods(LeakProbe)
+    SHOWN.clear()
+    out = tune(TuneConfig("tune_probe", TASK, 5, trials=4, reps=3, results_dir=str(tmp_path)), mlflow=False)
+    assert out.counts["counted"] == 4 and out.summary["params"]["shrink"] > 0
+    task = build_task(load_card(TASK))
+
+    def rows(a):
+        a = np.ascontiguousarray(np.atleast_2d(np.asarray(a, dtype=np.float64)))
+        return {r.tobytes() for r in a}
+
+    test = task.test_rows
+    forbidden = rows(task.X_target[test]) | rows(task.X_source[test]) | rows(task.y[test])
+    pool = task.pool_rows
+    allowed = rows(task.X_target[pool]) | rows(task.X_source[pool]) | rows(task.y[pool])
+    kinds = {k for k, _ in SHOWN}
+    assert kinds == {"spectra", "y"} and len(SHOWN) > 20
+    for _, a in SHOWN:
+        assert not rows(a) & forbidden  # no test target spectrum, test source spectrum or test y
+        assert rows(a) <= allowed
+    # predictions were asked for the held-out part of the pool, never the test rows
+    held = set().union(*(rows(task.X_target[s.heldout_rows]) for s in validation_splits(task, 3, 5)))
+    predicted = [a for k, a in SHOWN if k == "spectra" and rows(a) <= held]
+    assert predicted and all(not rows(a) & rows(task.X_target[test]) for a in predicted)
+    saved = json.loads(out.path.read_text())
+    assert saved["validation"]["n_splits"] == 3 and "test rows never used" in saved["validation"]["kind"]
+
+
+def test_method_without_search_space_is_a_one_line_error(tmp_path, extra_methods):
+    extra_methods(NoSpace)
+    res = runner.invoke(app, ["tune", "-m", "no_space", "-t", TASK, "-n", "5", "--results-dir", str(tmp_path), "--no-mlflow"])
+    assert res.exit_code == 2
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "no search space" in lines[0] and "search_space(trial)" in lines[0]
+    res = runner.invoke(app, ["tune", "-m", "no_transfr", "-t", TASK, "-n", "5", "--results-dir", str(tmp_path)])
+    assert res.exit_code == 2 and "did you mean 'no_transfer'" in res.output
+    res = runner.invoke(app, ["tune", "-m", "target_only", "-t", TASK, "-n", "2", "--results-dir", str(tmp_path)])
+    assert res.exit_code == 2 and "at least 3 shots" in res.output
+    res = runner.invoke(app, ["tune", "-m", "target_only", "-t", TASK, "-n", "80", "--results-dir", str(tmp_path)])
+    assert res.exit_code == 2 and "error:" in res.output
+
+
+def test_conditional_space_categorical_int_logfloat(tmp_path, extra_methods):
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    extra_methods(Conditional)
+    BUILT.clear()
+    out = tune(TuneConfig("conditional", TASK, 5, trials=14, reps=1, results_dir=str(tmp_path), seed=3), mlflow=False)
+    study = load_study(tmp_path, out.study)
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 14 and {t.params["kind"] for t in trials} == {"a", "b"}
+    for t in trials:
+        assert isinstance(t.distributions["kind"], CategoricalDistribution)
+        assert isinstance(t.distributions["n"], IntDistribution) and isinstance(t.params["n"], int)
+        if t.params["kind"] == "a":
+            assert set(t.params) == {"kind", "n", "alpha"}
+            assert isinstance(t.distributions["alpha"], FloatDistribution) and t.distributions["alpha"].log
+            assert 1e-4 <= t.params["alpha"] <= 1.0
+        else:
+            assert set(t.params) == {"kind", "n", "width"} and t.params["width"] in (2, 4, 6, 8)
+        assert t.user_attrs["ctbench.params"] == t.params  # what the method was built with
+    assert {tuple(sorted(b.items())) for b in BUILT} >= {
+        tuple(sorted({**Conditional.default_params(), **t.params, "random_state": b["random_state"]}.items()))
+        for t in trials for b in BUILT[:1]
+    }
+    best = json.loads(out.path.read_text())["params"]
+    assert best == study.best_trial.params
+
+
+def test_iterative_method_is_pruned(tmp_path, extra_methods):
+    extra_methods(Iterative)
+    out = tune(TuneConfig("iterative_probe", TASK, 5, trials=16, reps=1, results_dir=str(tmp_path), seed=1), mlflow=False)
+    study = load_study(tmp_path, out.study)
+    s = states(study)
+    assert s.get("PRUNED", 0) >= 1 and s.get("COMPLETE", 0) + s.get("PRUNED", 0) == 16
+    pruned = [t for t in study.get_trials(deepcopy=False) if t.state.name == "PRUNED"]
+    assert all(len(t.intermediate_values) < 20 for t in pruned)  # stopped early
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    assert all(len(t.intermediate_values) == 20 for t in complete)
+
+
+def test_resume_counts_existing_trials_and_fails_stale_ones(tmp_path):
+    base = ["tune", "-m", "target_only", "-t", TASK, "-n", "5", "--reps", "2", "--results-dir", str(tmp_path), "--no-mlflow"]
+    res = invoke(*base, "--trials", "3")
+    assert res.exit_code == 0, res.output
+    name = f"ctbench/target_only/{TASK}/N5"
+    assert states(load_study(tmp_path, name)) == {"COMPLETE": 3}
+    # a worker killed mid-trial leaves a RUNNING trial behind: fake one whose process is gone
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    study = load_study(tmp_path, name)
+    trial = study.ask()
+    trial.set_user_attr(A_WORKER, {"host": socket.gethostname(), "pid": dead.pid, "start": None})
+    res = invoke(*base, "--trials", "5")
+    assert res.exit_code == 0, res.output
+    assert "3 trial(s) already" in res.output and "1 stale running trial(s)" in res.output
+    assert "running up to 2 more to reach 5" in res.output
+    assert states(load_study(tmp_path, name)) == {"COMPLETE": 5, "FAIL": 1}
+    res = invoke(*base, "--trials", "5")
+    assert "5 trial(s) already" in res.output and "nothing to run" in res.output
+    # another protocol on the same study is refused
+    res = runner.invoke(app, [*base[:-5], "--reps", "3", "--results-dir", str(tmp_path), "--no-mlflow", "--trials", "6"])
+    assert res.exit_code == 2 and "n_splits=2" in res.output
+
+
+def test_sigkill_then_resume(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "ctbench", "tune", "-m", "no_transfer", "-t", TASK, "-n", "5", "--reps", "2",
+           "--trials", "400", "--results-dir", str(tmp_path), "--no-mlflow"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    name = f"ctbench/no_transfer/{TASK}/N5"
+    deadline = time.time() + 60
+    done = 0
+    while time.time() < deadline and done < 2:
+        time.sleep(0.1)
+        try:
+            done = states(load_study(tmp_path, name)).get("COMPLETE", 0)
+        except Exception:
+            pass
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = states(load_study(tmp_path, name)).get("COMPLETE", 0)
+    assert done >= 2
+    res = invoke("tune", "-m", "no_transfer", "-t", TASK, "-n", "5", "--reps", "2", "--trials", str(done + 2),
+                 "--results-dir", str(tmp_path), "--no-mlflow")
+    assert res.exit_code == 0, res.output
+    assert f"{done} trial(s) already" in res.output
+    s = states(load_study(tmp_path, name))
+    assert s["COMPLETE"] == done + 2 and "RUNNING" not in s
+
+
+def test_two_worker_processes_and_jobs_share_one_study_exactly(tmp_path):
+    """A `tune --jobs 2` and a separate `tune` on one SQLite study: 3 workers, exact total."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    base = [sys.executable, "-m", "ctbench", "tune", "-m", "target_only", "-t", TASK, "-n", "5", "--reps", "1",
+            "--trials", "24", "--results-dir", str(tmp_path), "--no-mlflow"]
+    procs = [subprocess.Popen(base + extra, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for extra in (["--jobs", "2"], [])]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    study = load_study(tmp_path, f"ctbench/target_only/{TASK}/N5")
+    s = states(study)
+    assert s["COMPLETE"] == 24 and "RUNNING" not in s and "PRUNED" not in s
+    fails = [t for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL"]
+    assert all(t.user_attrs.get("ctbench.surplus") for t in fails)  # only trials refused at the target
+    pids = {t.user_attrs[A_WORKER]["pid"] for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"}
+    assert len(pids) >= 2 and procs[0].pid not in pids  # --jobs ran its trials in its own workers
+    assert "with 2 workers" in outs[0]
+    assert all("24 trials (24 complete" in o for o in outs)
+
+
+def test_tuned_params_are_used_by_run(tmp_path):
+    res = invoke("tune", "-m", "no_transfer", "-t", TASK, "-n", "5", "--reps", "2", "--trials", "3",
+                 "--results-dir", str(tmp_path), "--no-mlflow")
+    assert res.exit_code == 0, res.output
+    path = tmp_path / "tuned" / "no_transfer" / TASK / "N5.json"
+    tuned = json.loads(path.read_text())
+    assert tuned["n_trials"] == 3 and tuned["study"] == f"ctbench/no_transfer/{TASK}/N5"
+    assert {"params", "best_value", "storage", "timestamp", "validation"} <= set(tuned)
+    res = invoke("run", "-m", "no_transfer", "-t", TASK, "--shots", "5,10", "--reps", "2", "--params", "tuned",
+                 "--results-dir", str(tmp_path), "--no-mlflow")
+    assert res.exit_code == 0, res.output
+    assert "no tuned parameters for no_transfer on synthetic_a_b N=10" in res.output
+    recs = list(Store(tmp_path).iter_records())
+    assert len(recs) == 4 and all(r["status"] == "ok" for r in recs)
+    by_n = {r["n_shots"]: r for r in recs}
+    assert by_n[5]["method"]["params_source"] == f"tuned:{path}"
+    assert by_n[5]["method"]["user_params"] == tuned["params"]
+    assert by_n[10]["method"]["params_source"] == "default"
+    res = invoke("leaderboard", "--results-dir", str(tmp_path), "-f", "md")
+    assert "(tuned)" in res.output
+
+
+def test_tuned_specs_shape_and_stale_versions(tmp_path):
+    from ctbench.runner import MethodSpec
+    from ctbench.tuning import tuned_path, tuned_specs
+
+    path = tuned_path(tmp_path, "target_only", TASK, 5)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"params": {"max_components": 4}, "task_version": "1", "method_version": "1"}))
+    warned: list[str] = []
+    specs = tuned_specs(["target_only"], [TASK], [5, 10], tmp_path, {"cv": 5}, None, warn=warned.append)
+    assert specs == [
+        (MethodSpec("target_only", {"max_components": 4, "cv": 5}, f"tuned:{path}+cli"), [TASK], [5]),
+        (MethodSpec("target_only", {"cv": 5}, "cli"), [TASK], [10]),
+    ]
+    assert len(warned) == 1
+    path.write_text(json.dumps({"params": {"max_components": 4}, "task_version": "0", "method_version": "1"}))
+    specs = tuned_specs(["target_only"], [TASK], [5], tmp_path, {}, None, warn=warned.append)
+    assert specs[0][0].params_source == "default" and "task version 0" in warned[-1]
+
+
+def test_mlflow_nested_runs_and_errors_are_warnings(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    res = invoke("tune", "-m", "target_only", "-t", TASK, "-n", "5", "--reps", "1", "--trials", "3", "--results-dir", str(tmp_path))
+    assert res.exit_code == 0, res.output
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name(f"ctbench-tune/{TASK}")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 3
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert all("val_rmsep" in c.data.metrics and "max_components" in c.data.params for c in children)
+    assert parents[0].data.params["best.max_components"] and parents[0].info.status == "FINISHED"
+    # a broken tracking server is a warning, the study and the tuned file are still written
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "bogus-scheme://nowhere")
+    res = invoke("tune", "-m", "target_only", "-t", TASK, "-n", "5", "--reps", "1", "--trials", "4", "--results-dir", str(tmp_path))
+    assert res.exit_code == 0, res.output
+    assert "warning: MLflow" in res.output and "4 trials (4 complete" in res.output
+
+
+def test_bad_requests(tmp_path):
+    with pytest.raises(TuningError, match="--metric"):
+        tune(TuneConfig("target_only", TASK, 5, trials=2, metric="bias", results_dir=str(tmp_path)), mlflow=False)
+    with pytest.raises(TuningError, match="suite"):
+        tune(TuneConfig("target_only", "demo", 5, trials=2, results_dir=str(tmp_path)), mlflow=False)
