@@ -293,7 +293,8 @@ def open_storage(url: str) -> Any:
             import sqlalchemy.exc
 
             last = exc
-            if not isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError)):
+            transient = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError, optuna.exceptions.StorageInternalError)
+            if not isinstance(exc, transient):
                 break  # a bad URL or a missing driver: retrying will not help
             time.sleep(0.2 * (attempt + 1))
     raise TuningError(f"cannot open the study storage {masked_url(url)}: {type(last).__name__}: {str(last).splitlines()[0] if last else ''}")
@@ -443,7 +444,8 @@ def prepare_study(cfg: TuneConfig, protocol: dict[str, Any]) -> tuple[Any, int]:
     Returns (study, number of stale trials marked FAIL)."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if optuna.logging.get_verbosity() < optuna.logging.WARNING:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
     storage = open_storage(cfg.storage_url())
     name = cfg.study_name()
     study = None
@@ -582,12 +584,13 @@ def run_worker(
     while True:
         if deadline is not None and time.monotonic() >= deadline:
             break
-        fail_stale_trials(study)
         counts = count_trials(study)
         if counts["counted"] >= target:
             break
         if counts["counted"] + counts.get("running", 0) >= target:
-            time.sleep(POLL_S)  # others are running the last trials; wait in case one fails
+            # others run the last trials: wait in case one fails, or its worker died
+            if fail_stale_trials(study) == 0:
+                time.sleep(POLL_S)
             continue
         finished.clear()
         study.optimize(objective_fn, n_trials=1, catch=(_Surplus, _MethodFailed), callbacks=[callback], gc_after_trial=False)
@@ -796,10 +799,11 @@ class TuneTracker:
         try:
             import logging
 
-            logging.getLogger("alembic").setLevel(logging.WARNING)
-            logging.getLogger("mlflow").setLevel(logging.WARNING)
             from mlflow.entities import Param
             from mlflow.tracking import MlflowClient
+
+            for name in ("alembic", "mlflow", "mlflow.store.db.utils"):
+                logging.getLogger(name).setLevel(logging.WARNING)
 
             from ctbench.tracking import artifact_location, tracking_uri
 
@@ -816,10 +820,13 @@ class TuneTracker:
                     self.experiment_id = self.client.get_experiment_by_name(name).experiment_id
             else:
                 self.experiment_id = exp.experiment_id
+            self._close_dead_parents(cfg)
+            me = _this_process()
             run = self.client.create_run(
                 self.experiment_id,
                 run_name=f"tune-{cfg.method}-N{cfg.n_shots}",
-                tags={"ctbench.study": cfg.study_name(), "ctbench.invocation": cfg.invocation, "ctbench.kind": "tune"},
+                tags={"ctbench.study": cfg.study_name(), "ctbench.invocation": cfg.invocation, "ctbench.kind": "tune",
+                      "ctbench.host": me["host"], "ctbench.pid": str(me["pid"]), "ctbench.pid_start": str(me["start"])},
             )
             self.parent_id = run.info.run_id
             params = {
@@ -831,6 +838,22 @@ class TuneTracker:
             self.client.log_batch(self.parent_id, params=[Param(k, str(v)[:500]) for k, v in params.items()])
         except Exception as exc:
             self._fail("start", exc)
+
+    def _close_dead_parents(self, cfg: TuneConfig) -> None:
+        """Mark KILLED the parent runs of this study left RUNNING by a tune of this host that died."""
+        study = cfg.study_name().replace("'", "\\'")
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`ctbench.study` = '{study}' and attributes.status = 'RUNNING'",
+            max_results=200,
+        )
+        host = socket.gethostname()
+        for run in runs:
+            tags = run.data.tags
+            if tags.get("ctbench.kind") != "tune" or tags.get("ctbench.host") != host or not tags.get("ctbench.pid"):
+                continue
+            start = tags.get("ctbench.pid_start")
+            if not _process_alive(int(tags["ctbench.pid"]), None if start in (None, "None") else start):
+                self.client.set_terminated(run.info.run_id, status="KILLED")
 
     def log_trial(self, frozen: Any, cfg: TuneConfig) -> None:
         if not self.enabled or self.parent_id is None or frozen.number in self.logged:
@@ -954,7 +977,10 @@ def tune(
     )
     tracker = TuneTracker(cfg.results_dir, warn=warn, enabled=mlflow and todo > 0)
     tracker.start(cfg, protocol, jobs)
-    bar = progress.add_task("", total=cfg.trials, completed=existing) if progress is not None and todo else None
+    bar = None
+    if progress is not None and todo:
+        progress.start()
+        bar = progress.add_task("", total=cfg.trials, completed=existing)
 
     def refresh() -> None:
         if bar is None:
@@ -990,6 +1016,9 @@ def tune(
         tracker.sync(study, cfg)
         tracker.finish(None, None, status="KILLED")
         raise
+    finally:
+        if bar is not None:
+            progress.stop()
     counts = count_trials(study)
     summary = best_summary(study, cfg, protocol)
     path = save_tuned(cfg.results_dir, summary)

@@ -145,6 +145,106 @@ class Iterative(TransferMethod):
         return {"x": trial.suggest_float("x", 0.0, 10.0)}
 
 
+class Flaky(TransferMethod):
+    """Raises for half of its space; `always` makes every trial fail."""
+
+    name = "flaky"
+    tags = Tags(min_shots=1)
+
+    def __init__(self, x: float = 0.0, always: bool = False, random_state: int = 0):
+        self.x, self.always, self.random_state = x, always, random_state
+
+    def fit(self, source):
+        self.mean_ = np.asarray(source.y).mean(axis=0)
+        return self
+
+    def transfer(self, standards, unlabelled=None):
+        if self.always or self.x > 0.5:
+            raise np.linalg.LinAlgError("singular matrix")
+        return self
+
+    def predict(self, X_target):
+        return np.tile(self.mean_ + self.x, (len(X_target), 1))
+
+    @classmethod
+    def search_space(cls, trial):
+        return {"x": trial.suggest_float("x", 0.0, 1.0), "always": trial.suggest_categorical("always", [FLAKY_ALWAYS[0]])}
+
+
+FLAKY_ALWAYS = [False]
+
+
+PLUGIN = """
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ctbench import hookimpl
+from ctbench.method import Tags, TransferMethod
+
+_GATED = []
+
+
+def _gate():
+    # with TUNE_PROBE_GATE=folder:n, a process's first trial waits until n processes are in one
+    spec = os.environ.get("TUNE_PROBE_GATE")
+    if not spec or _GATED:
+        return
+    _GATED.append(1)
+    folder, n = spec.rsplit(":", 1)
+    Path(folder, str(os.getpid())).touch()
+    deadline = time.time() + 60
+    while len(list(Path(folder).iterdir())) < int(n) and time.time() < deadline:
+        time.sleep(0.02)
+
+
+class SleepyMean(TransferMethod):
+    name = "sleepy_mean"
+    tags = Tags(min_shots=1)
+
+    def __init__(self, x: float = 0.0, random_state: int = 0):
+        self.x, self.random_state = x, random_state
+
+    def fit(self, source):
+        _gate()
+        self.mean_ = np.asarray(source.y).mean(axis=0)
+        return self
+
+    def transfer(self, standards, unlabelled=None):
+        time.sleep(0.02)
+        return self
+
+    def predict(self, X_target):
+        return np.tile(self.mean_ + self.x, (len(X_target), 1))
+
+    @classmethod
+    def search_space(cls, trial):
+        return {"x": trial.suggest_float("x", -1.0, 1.0)}
+
+
+@hookimpl
+def ctbench_register_methods():
+    return [SleepyMean]
+"""
+
+
+@pytest.fixture(scope="module")
+def plugin_env(tmp_path_factory):
+    """Environment of subprocesses that see a cheap method, installed as a third party would be
+    (a distribution with a `ctbench` entry point on PYTHONPATH): workers start fast."""
+    site = tmp_path_factory.mktemp("site")
+    (site / "ctbench_tune_probe.py").write_text(PLUGIN)
+    info = site / "ctbench_tune_probe-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ctbench-tune-probe\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[ctbench]\ntune_probe_plugin = ctbench_tune_probe\n")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(site)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
 # --- tests ---------------------------------------------------------------------------------------
 
 
@@ -213,10 +313,9 @@ def test_conditional_space_categorical_int_logfloat(tmp_path, extra_methods):
         else:
             assert set(t.params) == {"kind", "n", "width"} and t.params["width"] in (2, 4, 6, 8)
         assert t.user_attrs["ctbench.params"] == t.params  # what the method was built with
-    assert {tuple(sorted(b.items())) for b in BUILT} >= {
-        tuple(sorted({**Conditional.default_params(), **t.params, "random_state": b["random_state"]}.items()))
-        for t in trials for b in BUILT[:1]
-    }
+    random_state = BUILT[0]["random_state"]  # the method was built with each trial's suggestions
+    for t in trials:
+        assert {**Conditional.default_params(), **t.params, "random_state": random_state} in BUILT
     best = json.loads(out.path.read_text())["params"]
     assert best == study.best_trial.params
 
@@ -257,50 +356,54 @@ def test_resume_counts_existing_trials_and_fails_stale_ones(tmp_path):
     assert res.exit_code == 2 and "n_splits=2" in res.output
 
 
-def test_sigkill_then_resume(tmp_path):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "ctbench", "tune", "-m", "no_transfer", "-t", TASK, "-n", "5", "--reps", "2",
+def test_sigkill_then_resume(tmp_path, plugin_env):
+    cmd = [sys.executable, "-m", "ctbench", "tune", "-m", "sleepy_mean", "-t", TASK, "-n", "5", "--reps", "2",
            "--trials", "400", "--results-dir", str(tmp_path), "--no-mlflow"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    name = f"ctbench/no_transfer/{TASK}/N5"
+    proc = subprocess.Popen(cmd, env=plugin_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    name = f"ctbench/sleepy_mean/{TASK}/N5"
     deadline = time.time() + 60
     done = 0
-    while time.time() < deadline and done < 2:
+    while time.time() < deadline and done < 3 and proc.poll() is None:
         time.sleep(0.1)
         try:
             done = states(load_study(tmp_path, name)).get("COMPLETE", 0)
         except Exception:
             pass
-    os.killpg(proc.pid, signal.SIGKILL)
+    proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = states(load_study(tmp_path, name)).get("COMPLETE", 0)
-    assert done >= 2
-    res = invoke("tune", "-m", "no_transfer", "-t", TASK, "-n", "5", "--reps", "2", "--trials", str(done + 2),
-                 "--results-dir", str(tmp_path), "--no-mlflow")
-    assert res.exit_code == 0, res.output
-    assert f"{done} trial(s) already" in res.output
-    s = states(load_study(tmp_path, name))
-    assert s["COMPLETE"] == done + 2 and "RUNNING" not in s
+    before = states(load_study(tmp_path, name))
+    done = before.get("COMPLETE", 0)
+    assert done >= 3 and before.get("RUNNING", 0) <= 1
+    res = subprocess.run([*cmd[:-5], "--trials", str(done + 2), *cmd[-3:]], env=plugin_env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert f"{done} trial(s) already" in res.stderr and f"running up to 2 more to reach {done + 2}" in res.stderr
+    if before.get("RUNNING"):
+        assert "1 stale running trial(s) of a dead worker marked failed" in res.stderr
+    after = states(load_study(tmp_path, name))
+    assert after["COMPLETE"] == done + 2 and "RUNNING" not in after
 
 
-def test_two_worker_processes_and_jobs_share_one_study_exactly(tmp_path):
-    """A `tune --jobs 2` and a separate `tune` on one SQLite study: 3 workers, exact total."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    base = [sys.executable, "-m", "ctbench", "tune", "-m", "target_only", "-t", TASK, "-n", "5", "--reps", "1",
-            "--trials", "24", "--results-dir", str(tmp_path), "--no-mlflow"]
-    procs = [subprocess.Popen(base + extra, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for extra in (["--jobs", "2"], [])]
+def test_two_worker_processes_and_jobs_share_one_study_exactly(tmp_path, plugin_env):
+    """Two `ctbench tune` processes on one SQLite study, each asked for the same total, one of
+    them with --jobs 2 (worker processes of its own): three workers, the total is exact."""
+    args = [sys.executable, "-m", "ctbench", "tune", "-m", "sleepy_mean", "-t", TASK, "-n", "5", "--reps", "1",
+            "--trials", "16", "--results-dir", str(tmp_path), "--no-mlflow"]
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    env = {**plugin_env, "TUNE_PROBE_GATE": f"{gate}:3"}  # every worker is in a trial before any ends
+    procs = [subprocess.Popen(args + extra, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for extra in ([], ["--jobs", "2"])]
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    study = load_study(tmp_path, f"ctbench/target_only/{TASK}/N5")
+    study = load_study(tmp_path, f"ctbench/sleepy_mean/{TASK}/N5")
     s = states(study)
-    assert s["COMPLETE"] == 24 and "RUNNING" not in s and "PRUNED" not in s
+    assert s["COMPLETE"] == 16 and "RUNNING" not in s and "PRUNED" not in s
     fails = [t for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL"]
     assert all(t.user_attrs.get("ctbench.surplus") for t in fails)  # only trials refused at the target
     pids = {t.user_attrs[A_WORKER]["pid"] for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"}
-    assert len(pids) >= 2 and procs[0].pid not in pids  # --jobs ran its trials in its own workers
-    assert "with 2 workers" in outs[0]
-    assert all("24 trials (24 complete" in o for o in outs)
+    assert len(pids) == 3 and procs[1].pid not in pids  # --jobs ran its trials in its own two workers
+    assert "with 2 workers" in outs[1]
+    assert all("16 trials (16 complete" in o for o in outs)
 
 
 def test_tuned_params_are_used_by_run(tmp_path):
@@ -344,8 +447,25 @@ def test_tuned_specs_shape_and_stale_versions(tmp_path):
     assert specs[0][0].params_source == "default" and "task version 0" in warned[-1]
 
 
-def test_mlflow_nested_runs_and_errors_are_warnings(tmp_path, monkeypatch):
+@pytest.fixture
+def fast_dir(tmp_path):
+    """A results folder on tmpfs when there is one: MLflow's SQLite set-up is many fsyncs."""
+    import shutil
+    import tempfile
+
+    if not Path("/dev/shm").is_dir() or not os.access("/dev/shm", os.W_OK):
+        yield tmp_path
+        return
+    path = Path(tempfile.mkdtemp(prefix="ctbench-tune-", dir="/dev/shm"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # SQLAlchemy deprecations inside MLflow
+def test_mlflow_nested_runs_and_errors_are_warnings(fast_dir, monkeypatch):
     from mlflow.tracking import MlflowClient
+
+    tmp_path = fast_dir
 
     res = invoke("tune", "-m", "target_only", "-t", TASK, "-n", "5", "--reps", "1", "--trials", "3", "--results-dir", str(tmp_path))
     assert res.exit_code == 0, res.output
@@ -363,6 +483,18 @@ def test_mlflow_nested_runs_and_errors_are_warnings(tmp_path, monkeypatch):
     res = invoke("tune", "-m", "target_only", "-t", TASK, "-n", "5", "--reps", "1", "--trials", "4", "--results-dir", str(tmp_path))
     assert res.exit_code == 0, res.output
     assert "warning: MLflow" in res.output and "4 trials (4 complete" in res.output
+
+
+def test_failing_trials_do_not_count_and_a_broken_method_stops(tmp_path, extra_methods):
+    extra_methods(Flaky)
+    FLAKY_ALWAYS[0] = False
+    out = tune(TuneConfig("flaky", TASK, 5, trials=6, reps=1, results_dir=str(tmp_path), max_failures=50), mlflow=False)
+    s = states(load_study(tmp_path, out.study))
+    assert s["COMPLETE"] == 6 and s.get("FAIL", 0) >= 1 and out.summary["params"]["x"] <= 0.5
+    FLAKY_ALWAYS[0] = True
+    res = runner.invoke(app, ["tune", "-m", "flaky", "-t", TASK, "-n", "5", "--reps", "1", "--trials", "3",
+                              "--study", "broken", "--results-dir", str(tmp_path), "--no-mlflow"])
+    assert res.exit_code == 2 and "5 trials in a row failed (last: LinAlgError: singular matrix)" in res.output
 
 
 def test_bad_requests(tmp_path):

@@ -49,13 +49,12 @@ def tune(
             TextColumn("{task.description}"), console=console, transient=False,
         )
         try:
-            with progress:
-                outcome = run_tune(
-                    cfg, jobs=jobs, mlflow=not no_mlflow,
-                    say=lambda msg: console.print(msg, highlight=False, soft_wrap=True),
-                    warn=lambda msg: console.print(f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True),
-                    progress=progress,
-                )
+            outcome = run_tune(
+                cfg, jobs=jobs, mlflow=not no_mlflow,
+                say=lambda msg: console.print(msg, highlight=False, soft_wrap=True),
+                warn=lambda msg: console.print(f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True),
+                progress=progress,  # started by tune() only when there are trials to run
+            )
         except TuningError as exc:
             fail(str(exc))
         except KeyboardInterrupt:

@@ -59,12 +59,15 @@ def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def same_predictions(a: np.ndarray, b: np.ndarray) -> bool:
-    """Equal up to float round-off (relative 1e-9 of the predictions' scale)."""
+    """Equal up to float round-off (relative 1e-9 of the predictions' scale); NaN equals NaN."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape:
         return False
-    scale = max(1.0, float(np.max(np.abs(a))) if a.size else 1.0)
-    return bool(np.all(np.abs(a - b) <= 1e-9 * scale))
+    finite = np.isfinite(a) & np.isfinite(b)
+    scale = max(1.0, float(np.max(np.abs(a[finite]))) if finite.any() else 1.0)
+    with np.errstate(invalid="ignore"):
+        close = finite & (np.abs(a - b) <= 1e-9 * scale)
+    return bool(np.all(close | (a == b) | (np.isnan(a) & np.isnan(b))))
 
 
 def rmsep(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
@@ -199,9 +202,10 @@ class Bench:
         return self.cls(**self.kwargs(**extra))
 
     # --- protocol runs ---
-    def run(self, instance: Any = None, *, writable: bool = False, n: int | None = None, rep: int = 0,
-            watch_reports: bool = False, **extra: Any) -> Run:
-        """fit on the source, deep-copy, transfer the (n, rep) standards, predict the test spectra."""
+    def run(self, params: dict[str, Any] | None = None, *, writable: bool = False, n: int | None = None,
+            rep: int = 0, watch_reports: bool = False) -> Run:
+        """A fresh instance (kit parameters overlaid with ``params``): fit on the source, deep-copy,
+        transfer the (n, rep) standards, predict the test spectra."""
         run = Run()
         watched: dict[str, tuple[Any, np.ndarray]] = {}
 
@@ -216,7 +220,7 @@ class Bench:
 
         phase = "init"
         try:
-            run.instance = instance if instance is not None else self.new(**extra)
+            run.instance = self.new(**(params or {}))
             source = self.source(writable)
             for f in ("X", "y", "axis", "groups"):
                 watch(f"source.{f}", getattr(source, f))
@@ -268,6 +272,18 @@ class Bench:
         run = self.main
         if not run.ok:
             raise Skip(f"needs a working fit/transfer/predict ({run.failure()})")
+        return run
+
+    def require_predictions(self, finite: bool = True) -> Run:
+        """The main run, when it gave (n, k) predictions (and, with ``finite``, no NaN or inf)."""
+        run = self.require_main()
+        pred = np.asarray(run.pred)
+        if pred.ndim == 1 and self.n_properties == 1:
+            pred = pred[:, None]
+        if pred.shape != (self.task.test_rows.size, self.n_properties):
+            raise Skip(f"predictions have shape {pred.shape} (see predict_shape)")
+        if finite and not np.isfinite(pred.astype(float)).all():
+            raise Skip("predictions are not all finite (see finite_predictions)")
         return run
 
     def predictions(self, method: Any, X: np.ndarray | None = None) -> np.ndarray:

@@ -18,14 +18,23 @@ class CNNConfig:
 
     n_outputs: int
     widths: tuple[int, ...] = (8, 16, 16)
-    kernel_size: int = 7
+    kernel_size: int = 11
     stride: int = 2
-    pool_size: int = 16
+    pool_size: int = 44
     hidden: int = 64
     dropout: float = 0.1
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def feature_length(n_channels: int, config: CNNConfig) -> int:
+    """Length of the conv stack's output for spectra of ``n_channels`` points."""
+    length = int(n_channels)
+    k = int(config.kernel_size)
+    for _ in config.widths:
+        length = (length + 2 * (k // 2) - k) // int(config.stride) + 1
+    return length
 
 
 class SpectralCNN(nn.Module):

@@ -114,7 +114,7 @@ class ObjectiveWeights:
     """Sinkhorn divergence between z_chem distributions of different instruments in a batch."""
     smooth: float = 0.01
     nonneg: float = 0.1
-    deriv: float = 0.2
+    deriv: float = 0.1
     kl: float = 1e-3
     moe_balance: float = 0.01
     transfer: float = 0.2

@@ -157,6 +157,9 @@ class SpektronModel(nn.Module):
         zc, zi = cfg.z_chem, cfg.z_inst
         self.bottleneck = nn.Linear(2 * d, 2 * (zc + zi))
         self.recon_film = nn.Linear(zc + zi, 2 * d)
+        self.recon_gate = nn.Linear(d, 1)
+        nn.init.zeros_(self.recon_gate.weight)
+        nn.init.constant_(self.recon_gate.bias, 2.0)
         self.recon_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, cfg.patch))
         self.regression_head = nn.Sequential(nn.Linear(zc, zc), nn.GELU(), nn.Linear(zc, cfg.n_targets))
         self.transfer_head = FNOTransferHead(zi, cfg.fno_width, cfg.fno_modes, cfg.fno_layers)
@@ -185,11 +188,16 @@ class SpektronModel(nn.Module):
         mu_c, lv_c, mu_i, lv_i = torch.split(self.bottleneck(pooled).float(), [zc, zc, zi, zi], dim=-1)
         return {"mu_chem": mu_c, "logvar_chem": lv_c.clamp(-10, 10), "mu_inst": mu_i, "logvar_inst": lv_i.clamp(-10, 10)}
 
-    def reconstruct(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Spectrum (b, G) from token states modulated by the latent code."""
+    def reconstruct(self, h: torch.Tensor, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Spectrum (b, G) from token states modulated by the latent code, plus a gated copy of
+        the input signal (a skip connection; masked inputs are zero, so hidden blocks must come
+        from context, while visible ones only need their noise removed)."""
         scale, shift = self.recon_film(z.to(h.dtype))[:, None].chunk(2, dim=-1)
-        out = self.recon_head(h[:, 2:] * (1 + scale) + shift)
-        return out.reshape(h.shape[0], -1)
+        tok = h[:, 2:] * (1 + scale) + shift
+        b, n_tok = tok.shape[:2]
+        gate = torch.sigmoid(self.recon_gate(tok))  # (b, n_tokens, 1)
+        out = self.recon_head(tok) + gate * x.view(b, n_tok, -1).to(tok.dtype)
+        return out.reshape(b, -1)
 
     def forward(self, x: torch.Tensor, k_tok: torch.Tensor, width: torch.Tensor, domain: torch.Tensor,
                 token_mask: torch.Tensor | None = None, sample: bool | None = None) -> dict[str, torch.Tensor]:
@@ -202,7 +210,7 @@ class SpektronModel(nn.Module):
             z_i = out["mu_inst"] + torch.randn_like(out["mu_inst"]) * torch.exp(0.5 * out["logvar_inst"])
         else:
             z_c, z_i = out["mu_chem"], out["mu_inst"]
-        out.update(hidden=h, z_chem=z_c, z_inst=z_i, moe_aux=aux, recon=self.reconstruct(h, torch.cat([z_c, z_i], -1)))
+        out.update(hidden=h, z_chem=z_c, z_inst=z_i, moe_aux=aux, recon=self.reconstruct(h, torch.cat([z_c, z_i], -1), x))
         return out
 
     def regress(self, z_chem: torch.Tensor) -> torch.Tensor:

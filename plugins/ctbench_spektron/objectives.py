@@ -1,14 +1,14 @@
 """Pretraining objectives: what one step computes from a batch.
 
-Online network input = [view A ; view B]:
+Online network input = [view A ; view B] (the EMA target sees the clean A or B, alternating):
   view A = the spectrum, noised, with 15-25 % of its tokens masked (signal zeroed + mask token);
   view B = its natural partner on another instrument (when it has one), else an instrument
            augmentation of it (blur, shift, gain/tilt, baseline, noise).
 Losses (each weighted; weight 0 skips it):
   recon    MSE on the masked grid points of A against the clean spectrum;
   denoise  MSE on the visible (noised) points of A;
-  byol     the online prediction of A's z_chem matches the EMA target's projection of B, and
-           vice versa (BYOL, cosine);
+  byol     the online prediction from one view's z_chem matches the EMA target's projection of
+           the other view (BYOL, cosine; the direction alternates between steps);
   ot       debiased Sinkhorn divergence (POT, torch backend, log-domain) between the z_chem
            distributions of the instruments present in the batch;
   smooth   roughness (2nd difference energy) of the reconstruction beyond the target's;
@@ -99,9 +99,12 @@ class Views:
     fno_rows: torch.Tensor
     fno_input: torch.Tensor
     fno_target: torch.Tensor
+    target_rows: torch.Tensor
+    """Rows of the online batch the EMA target projects (one view per step, alternating)."""
 
 
-def make_views(batch: Batch, pcfg: PretrainConfig, mcfg: ModelConfig, g: torch.Generator, device: torch.device) -> Views:
+def make_views(batch: Batch, pcfg: PretrainConfig, mcfg: ModelConfig, g: torch.Generator, device: torch.device,
+               step: int = 0) -> Views:
     """Build both views of every spectrum of a batch (masks and augmentations drawn from ``g``)."""
     n = batch.n
     raw_a = torch.as_tensor(batch.values_a, device=device)
@@ -133,6 +136,7 @@ def make_views(batch: Batch, pcfg: PretrainConfig, mcfg: ModelConfig, g: torch.G
         token_mask=torch.cat([tmask, torch.zeros_like(tmask)]), grid_mask=gmask, clean_a=xa, floor_a=floor_a,
         instrument=torch.cat([inst_a, inst_b]), fno_rows=fno_local + n, fno_input=b_view[fno_local],
         fno_target=xa[fno_local],
+        target_rows=torch.arange(n, 2 * n, device=device) if step % 2 == 0 else torch.arange(n, device=device),
     )
 
 
@@ -194,9 +198,11 @@ def compute_losses(out: dict[str, torch.Tensor], target_proj: torch.Tensor | Non
     if w.moe_balance:
         parts["moe_balance"] = out["moe_aux"].float()
     if w.byol and target_proj is not None:
+        # the target projected one view (B on even steps, A on odd ones): the other view predicts it
         p = F.normalize(out["pred"].float(), dim=-1)
         t = F.normalize(target_proj.float(), dim=-1)
-        parts["byol"] = (2 - 2 * (p[:n] * t[n:]).sum(-1)).mean() / 2 + (2 - 2 * (p[n:] * t[:n]).sum(-1)).mean() / 2
+        online = p[:n] if views.target_rows[0] >= n else p[n:]
+        parts["byol"] = (2 - 2 * (online * t).sum(-1)).mean()
     if w.ot:
         parts["ot"] = ot_alignment(out["mu_chem"], views.instrument, pcfg.ot_reg, pcfg.ot_iters)
     if w.transfer and "fno" in out:

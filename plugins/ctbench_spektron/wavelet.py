@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def dwt_filters(wavelet: str) -> torch.Tensor:
+def dwt_filters(wavelet: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(2, 1, L) conv1d weights: low-pass and high-pass decomposition filters, reversed."""
     import pywt
 
     w = pywt.Wavelet(wavelet)
-    lo = torch.tensor(w.dec_lo[::-1], dtype=torch.float32)
-    hi = torch.tensor(w.dec_hi[::-1], dtype=torch.float32)
+    lo = torch.tensor(w.dec_lo[::-1], dtype=dtype)
+    hi = torch.tensor(w.dec_hi[::-1], dtype=dtype)
     return torch.stack([lo, hi])[:, None, :]
 
 

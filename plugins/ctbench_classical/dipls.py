@@ -1,0 +1,439 @@
+"""Domain-invariant PLS methods from diPLSlib: di-PLS, transductive di-PLS, multi-domain di-PLS, GCT-PLS.
+
+All four fit one PLS1 per property with diPLSlib (pinned 2.5.0) and share the plumbing here:
+
+* **Exact subspace reduction.** Every weight vector, loading and regression vector of these
+  algorithms lies in the row space of the (centred) matrices given to them, so the fit runs
+  on the coordinates of an orthonormal basis Q of that row space (a few dozen to a few
+  hundred columns instead of p channels) and ``b = Q b_Q``. This is exact (the tests hold
+  it to 1e-12 against a full-space implementation) and turns each latent variable's
+  p x p eigen-decomposition into a small one.
+* **Centring done here, not in diPLSlib.** diPLSlib 2.5.0 deflates the target matrix only
+  ``if np.sum(xt) != 0``; for mean-centred xt that sum is floating-point noise and is
+  sometimes exactly 0.0, so whether the target matrix is deflated depends on rounding. We
+  centre x, y, xs and xt ourselves, call ``DIPLS(centering=False)`` and append one extra
+  coordinate, 0 for x and xs and 1 for xt: it is uncorrelated with everything (centred data),
+  never enters a weight vector, and makes the sum non-zero, so xt is always deflated as the
+  algorithm intends.
+* **GCT-PLS penalty.** diPLSlib 2.5.0's ``GCTPLS`` never reaches its Laplacian branch for an
+  array xt (the branch sits after ``if type(xt) is not list``), so it penalises
+  ``|E[xs xs^T] - E[xt xt^T]|`` of the *uncentred* standards instead of the graph term
+  ``sum_i ||(xs_i - xt_i) w||^2`` of Nikzad-Langerodi & Sobieczky (J. Chemometrics 2021).
+  Passing ``xs = Xs[S] - Xt[S]`` (the pair differences) and ``xt = 0`` makes its convex
+  relaxation exactly ``(Xs - Xt)^T (Xs - Xt) / N``, the published penalty (per pair), with
+  diPLSlib's own GCT loop (no deflation of the pairs, b = W (P^T W)^-1 C).
+* **diPLSlib's ``heuristic=True`` is broken** under NumPy 2 (it assigns a 1x1 array to a
+  scalar slot), so it is not offered.
+* **Regularization scale.** ``l`` is relative: diPLSlib's ``l`` is set to
+  ``l * (y_c^T y_c) / ||D||_2`` with D the first latent variable's discrepancy matrix, so
+  ``l = 1`` gives the strongest discrepancy direction the weight of the identity term, for
+  any spectra or property scale. ``l=None`` chooses it per property by 5-fold CV on the
+  source calibration (see ``_DomainInvariantPLS._select_l``).
+* **Prediction offset.** The source model is centred on the calibration mean; a target
+  spectrum ``x`` is predicted as ``(x - m_t(S) + m_s(S) - m_C) b + mean(y_C)``: the paired
+  standards' mean difference moves it to the source instrument's level before the
+  (domain-invariant) regression vector applies. (diPLSlib's ``rescale='Target'`` centres on
+  ``m_t(S)`` but keeps the calibration's intercept, which is biased whenever the standards'
+  mean composition differs from the calibration's, e.g. for Kennard-Stone standards.) With no
+  standards (transductive zero-shot) the unlabelled spectra's mean replaces the pairs:
+  ``(x - m_t(T)) b + mean(y_C)``, the classic di-PLS assumption.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from ctbench.method import SourceData, Standards, Tags, TransferMethod
+
+from ._common import as_spectra, fit_source_pls, require_fitted, source_arrays, standards_arrays
+
+L_GRID = (0.0, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
+"""Relative regularization values tried when l is None."""
+L_TOLERANCE = 0.05
+"""l=None picks the largest grid value whose source RMSECV is at most 5 % above ordinary PLS's."""
+L_CV_FOLDS = 5
+
+
+def _arrays(domains: Any) -> list[np.ndarray]:
+    """The arrays inside a (possibly nested) tuple/list of domains."""
+    if isinstance(domains, np.ndarray):
+        return [domains]
+    return [a for d in domains for a in _arrays(d)]
+
+
+def _map_arrays(domains: Any, f: Any) -> Any:
+    """Apply ``f`` to every array of a (possibly nested) tuple/list of domains, keeping the structure."""
+    if isinstance(domains, np.ndarray):
+        return f(domains)
+    return type(domains)(_map_arrays(d, f) for d in domains)
+
+
+def row_space_basis(*blocks: np.ndarray) -> np.ndarray:
+    """Orthonormal basis (p, m) of the row space of the stacked blocks."""
+    M = np.vstack([b for b in blocks if b.size])
+    _, s, Vt = np.linalg.svd(M, full_matrices=False)
+    keep = s > 1e-10 * max(float(s[0]), 1e-300) if s.size else np.zeros(0, dtype=bool)
+    return Vt[keep].T
+
+
+def _relaxed_discrepancy_norm(xs_c: np.ndarray, xt_c: np.ndarray | list[np.ndarray]) -> float:
+    """||D||_2 of diPLSlib's convex relaxation |Cov(xs) - Cov(xt)| (summed over target domains)."""
+    xts = xt_c if isinstance(xt_c, list) else [xt_c]
+    Q = row_space_basis(xs_c, *xts)
+    a = xs_c @ Q
+    D = np.zeros((Q.shape[1], Q.shape[1]))
+    for x in xts:
+        b = x @ Q
+        w, V = np.linalg.eigh(a.T @ a / a.shape[0] - b.T @ b / b.shape[0])
+        D += (V * np.abs(w)) @ V.T
+    return float(np.abs(np.linalg.eigvalsh(D)).max()) if D.size else 0.0
+
+
+def fit_dipls_vector(
+    X_c: np.ndarray,
+    y_c: np.ndarray,
+    xs_c: np.ndarray,
+    xt_c: np.ndarray | list[np.ndarray],
+    n_components: int,
+    l_abs: float,
+    multi_domain: bool = False,
+) -> np.ndarray:
+    """di-PLS regression vector (p,) from centred inputs, via diPLSlib's DIPLS in the row space.
+
+    ``multi_domain``: xt is a list of target domains, the model is built for domain 1 with a
+    per-LV tuple of l (diPLSlib then uses the target loadings, b = W (P_t^T W)^-1 C).
+    """
+    from diPLSlib.models import DIPLS
+
+    xts = xt_c if isinstance(xt_c, list) else [xt_c]
+    Q = row_space_basis(X_c, xs_c, *xts)
+    A = max(1, min(int(n_components), X_c.shape[0] - 1, Q.shape[1]))
+
+    def lift(M: np.ndarray, v: float) -> np.ndarray:
+        return np.hstack([M @ Q, np.full((M.shape[0], 1), v)])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if multi_domain:
+            model = DIPLS(A=A, l=tuple([float(l_abs)] * A), centering=False, target_domain=1)
+            model.fit(lift(X_c, 0.0), y_c, lift(xs_c, 0.0), [lift(x, 1.0) for x in xts])
+        else:
+            model = DIPLS(A=A, l=float(l_abs), centering=False)
+            # the extra coordinate forces the target deflation; an all-zero xt (one standard)
+            # has nothing to deflate and would give 0/0 loadings, so it gets 0 there.
+            model.fit(lift(X_c, 0.0), y_c, lift(xs_c, 0.0), lift(xts[0], 1.0 if np.any(xts[0]) else 0.0))
+    return Q @ np.ravel(model.b_)[:-1]
+
+
+def fit_gct_vector(X_c: np.ndarray, y_c: np.ndarray, diffs: np.ndarray, n_components: int, l_abs: float) -> np.ndarray:
+    """GCT-PLS regression vector (p,) with the pair-difference penalty, via diPLSlib's GCTPLS."""
+    from diPLSlib.models import GCTPLS
+
+    Q = row_space_basis(X_c, diffs)
+    A = max(1, min(int(n_components), X_c.shape[0] - 1, Q.shape[1]))
+    d = diffs @ Q
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # GCTPLS centres x and y itself (x is already centred); xs = pair differences and
+        # xt = 0 make its relaxation D = (Xs - Xt)^T (Xs - Xt) / N, the GCT graph penalty.
+        model = GCTPLS(A=A, l=float(l_abs), centering=True).fit(X_c @ Q, y_c, d, np.zeros_like(d))
+    return Q @ np.ravel(model.b_)
+
+
+class _DomainInvariantPLS(TransferMethod):
+    """Shared fit / predict of the diPLSlib methods (see the module docstring)."""
+
+    tags = Tags(min_shots=1, zero_shot=False, transductive=False, multi_target=True)
+    _tunes_source_domain = True
+
+    def __init__(
+        self,
+        n_components: int | None = None,
+        l: float | None = None,
+        source_domain: str = "standards",
+        max_components: int = 15,
+        random_state: int = 0,
+    ):
+        self.n_components = n_components
+        self.l = l
+        self.source_domain = source_domain
+        self.max_components = max_components
+        self.random_state = random_state
+
+    # --- fit: the source calibration and the latent-variable counts ---
+    def fit(self, source: SourceData) -> _DomainInvariantPLS:
+        if self.n_components is not None and int(self.n_components) < 1:
+            raise ValueError(f"{self.name}: n_components must be >= 1 or None, got {self.n_components}")
+        if self.l is not None and not float(self.l) >= 0:
+            raise ValueError(f"{self.name}: l must be >= 0 or None, got {self.l}")
+        if self.source_domain not in ("standards", "calibration"):
+            raise ValueError(f"{self.name}: source_domain must be 'standards' or 'calibration', got {self.source_domain!r}")
+        X, y = source_arrays(source)
+        self.X_mean_ = X.mean(axis=0)
+        self.y_mean_ = y.mean(axis=0)
+        self._X_c = X - self.X_mean_
+        self._y_c = y - self.y_mean_
+        if self.n_components is None:
+            self.n_components_ = fit_source_pls(X, y, self.max_components, self.random_state).n_components_.copy()
+        else:
+            self.n_components_ = np.full(y.shape[1], int(self.n_components))
+        self.n_channels_ = X.shape[1]
+        self.n_properties_ = y.shape[1]
+        return self
+
+    # --- transfer: domains, regularization, regression vectors ---
+    def transfer(self, standards: Standards, unlabelled: np.ndarray | None = None) -> _DomainInvariantPLS:
+        require_fitted(self, "n_components_", "fit")
+        Xs, Xt, _ = self._standards(standards)
+        X_u = None
+        if unlabelled is not None and self.tags.transductive:
+            X_u = as_spectra(unlabelled, "unlabelled target spectra", self.n_channels_)
+        self.offset_ = self._offset(Xs, Xt, X_u)
+        self._learn(Xs, Xt, X_u)
+        return self
+
+    def _standards(self, standards: Standards) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return standards_arrays(standards, self.n_channels_, self.n_properties_, self.tags.min_shots, self.name)
+
+    def _offset(self, Xs: np.ndarray, Xt: np.ndarray, X_u: np.ndarray | None) -> np.ndarray:
+        """Vector subtracted from a target spectrum before ``b`` applies (see module docstring)."""
+        if Xt.shape[0] > 0:
+            return Xt.mean(axis=0) - Xs.mean(axis=0) + self.X_mean_
+        if X_u is None or X_u.shape[0] == 0:
+            raise ValueError(f"{self.name} needs transfer standards or unlabelled target spectra")
+        return X_u.mean(axis=0)
+
+    def _learn(self, Xs: np.ndarray, Xt: np.ndarray, X_u: np.ndarray | None) -> None:
+        domains = self._domains(Xs, Xt, X_u)
+        # One basis for every fit of this transfer (all CV folds, all properties): the
+        # fold-wise centred calibration rows and the domains all lie in this row space.
+        Q = row_space_basis(self._X_c, *_arrays(domains))
+        Xq = self._X_c @ Q
+        dq = _map_arrays(domains, lambda a: a @ Q)
+        k = self.n_properties_
+        self.coef_ = np.zeros((self.n_channels_, k))
+        self.l_ = np.zeros(k)
+        self.l_abs_ = np.zeros(k)
+        for j in range(k):
+            y_c = self._y_c[:, j]
+            a = self._n_components(j, domains)
+            scale = self._l_scale(dq, y_c)
+            rel = float(self.l) if self.l is not None else self._select_l(Xq, dq, y_c, a, scale)
+            self.l_[j] = rel
+            self.l_abs_[j] = rel * scale
+            self.coef_[:, j] = Q @ self._vector(Xq, y_c, dq, a, rel * scale)
+
+    def _n_components(self, j: int, domains: Any) -> int:
+        return int(self.n_components_[j])
+
+    def _select_l(self, X_c: np.ndarray, domains: Any, y_c: np.ndarray, n_components: int, scale: float) -> float:
+        """Largest l on L_GRID whose 5-fold source RMSECV is within L_TOLERANCE of ordinary PLS (l = 0).
+
+        The folds split the source calibration (labelled rows); the domains (xs, xt) stay
+        whole. A positive l trades source fit for invariance, so the rule keeps as much
+        invariance as costs at most 5 % of source accuracy. The grid is walked from the
+        largest value down and stops at the first acceptable one. Test spectra are never
+        used; target spectra only as the unlabelled domain the method sees anyway.
+        """
+        if scale <= 0:
+            return 0.0
+        n = X_c.shape[0]
+        rng = np.random.default_rng(self.random_state)
+        order = rng.permutation(n)
+        folds = [order[i::L_CV_FOLDS] for i in range(min(L_CV_FOLDS, n))]
+        splits = []
+        for test in folds:
+            train = np.setdiff1d(np.arange(n), test)
+            xm, ym = X_c[train].mean(axis=0), y_c[train].mean()
+            splits.append((train, test, xm, ym, max(1, min(n_components, len(train) - 1))))
+
+        def press(rel: float) -> float:
+            total = 0.0
+            for train, test, xm, ym, a in splits:
+                b = self._vector(X_c[train] - xm, y_c[train] - ym, domains, a, rel * scale)
+                total += float((((X_c[test] - xm) @ b + ym - y_c[test]) ** 2).sum())
+            return total
+
+        limit = (1.0 + L_TOLERANCE) ** 2 * press(0.0)
+        for rel in sorted(L_GRID, reverse=True):
+            if rel == 0.0 or press(rel) <= limit:
+                return float(rel)
+        return 0.0
+
+    def predict(self, X_target: np.ndarray) -> np.ndarray:
+        require_fitted(self, "coef_", "transfer")
+        X = as_spectra(X_target, "target spectra", self.n_channels_)
+        return (X - self.offset_) @ self.coef_ + self.y_mean_
+
+    # --- per-variant pieces ---
+    def _domains(self, Xs: np.ndarray, Xt: np.ndarray, X_u: np.ndarray | None) -> Any:
+        """(xs_c, xt_c) centred on their own means.
+
+        One standard has no spread on either instrument, so there is no discrepancy to learn:
+        both domains are then the calibration (D = 0) and the model is PLS with the pair offset.
+        """
+        if Xt.shape[0] < 2:
+            return self._X_c, self._X_c
+        xs = Xs if self.source_domain == "standards" else self._X_c
+        return xs - xs.mean(axis=0), Xt - Xt.mean(axis=0)
+
+    def _l_scale(self, domains: Any, y_c: np.ndarray) -> float:
+        xs_c, xt_c = domains
+        d = _relaxed_discrepancy_norm(xs_c, xt_c)
+        return float(y_c @ y_c) / d if d > 0 else 0.0
+
+    def _vector(self, X_c: np.ndarray, y_c: np.ndarray, domains: Any, n_components: int, l_abs: float) -> np.ndarray:
+        xs_c, xt_c = domains
+        return fit_dipls_vector(X_c, y_c, xs_c, xt_c, n_components, l_abs)
+
+    @classmethod
+    def search_space(cls, trial: Any) -> dict[str, Any]:
+        params: dict[str, Any] = {"l": trial.suggest_float("l", 1e-3, 1e4, log=True)}
+        if trial.suggest_categorical("choose_n_components", ["cv", "fixed"]) == "fixed":
+            params["n_components"] = trial.suggest_int("n_components", 1, 20)
+        if cls._tunes_source_domain:
+            params["source_domain"] = trial.suggest_categorical("source_domain", ["standards", "calibration"])
+        return params
+
+
+_PARAMS_DOC = """
+    Parameters (defaults in brackets):
+      n_components [None]: latent variables; None: per property, the count the source PLS
+        model's 10-fold CV picks (Haaland-Thomas rule, at most ``max_components``).
+      l [None]: relative domain regularization (see the module docstring, l = 1 weighs the
+        strongest discrepancy direction like the identity); None: per property, the largest
+        of 0, 0.1, 1, ..., 1e4 whose 5-fold source RMSECV is at most 5 % above that of
+        ordinary PLS (l = 0): as much invariance as costs little source accuracy.
+      source_domain [{sd!r}]: the source-domain spectra xs: "standards" (X_src[S], so the
+        discrepancy compares the *same samples* on both instruments and only the instrument
+        differs) or "calibration" (X_src[C], the classic unsupervised di-PLS setting).
+      max_components [15]: largest latent-variable count tried by the source CV.
+      random_state [0]: seeds the CV folds.
+"""
+
+
+class DIPLS(_DomainInvariantPLS):
+    """di-PLS (Nikzad-Langerodi et al., Anal. Chem. 2018) with the standards' target spectra as xt.
+
+    Labelled data: the source calibration X_src[C], y[C]. Target domain: the standards' target
+    spectra X_tgt[S] (never the test spectra). The standards' labels add nothing di-PLS can
+    use as labels (S is part of C, whose labels the model already has); the pairs are used for
+    the prediction offset and, with source_domain="standards", for xs. Zero-shot is not
+    possible (no target spectra); with one standard there is no spread to align and it is
+    PLS with the pair offset. One PLS1 per property.
+    """
+
+    name = "dipls"
+    version = "1"
+    description = "domain-invariant PLS (diPLSlib) with the standards' target spectra as target domain"
+
+
+class DIPLSTransductive(_DomainInvariantPLS):
+    """Transductive di-PLS: the target domain is the unlabelled test spectra (plus the standards').
+
+    xs is the source calibration X_src[C] (the test set is drawn like the calibration pool,
+    so their compositions match, which is what di-PLS assumes); xt is the unlabelled target
+    spectra given to ``transfer`` stacked with the standards' target spectra. With N = 0 it
+    runs zero-shot and predicts ``(x - mean(unlabelled)) b + mean(y_C)``. Runs are marked
+    transductive by the runner. The CV for l keeps xt whole (unlabelled, no labels used).
+    """
+
+    name = "dipls_t"
+    version = "1"
+    tags = Tags(min_shots=0, zero_shot=True, transductive=True, multi_target=True)
+    description = "transductive di-PLS: unlabelled test spectra as target domain (zero-shot capable)"
+
+    def __init__(
+        self,
+        n_components: int | None = None,
+        l: float | None = None,
+        source_domain: str = "calibration",
+        max_components: int = 15,
+        random_state: int = 0,
+    ):
+        super().__init__(n_components, l, source_domain, max_components, random_state)
+
+    def _standards(self, standards: Standards | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        p, k = self.n_channels_, self.n_properties_
+        if standards is None or np.size(standards.X_target) == 0:
+            return np.zeros((0, p)), np.zeros((0, p)), np.zeros((0, k))
+        return super()._standards(standards)
+
+    def transfer(self, standards: Standards | None, unlabelled: np.ndarray | None = None) -> DIPLSTransductive:
+        if unlabelled is None or np.size(unlabelled) == 0:
+            raise ValueError("dipls_t is transductive: transfer needs the unlabelled target spectra")
+        return super().transfer(standards, unlabelled)  # type: ignore[arg-type,return-value]
+
+    def _domains(self, Xs: np.ndarray, Xt: np.ndarray, X_u: np.ndarray | None) -> Any:
+        assert X_u is not None
+        xs = Xs if (self.source_domain == "standards" and Xs.shape[0] > 1) else self._X_c
+        xt = np.vstack([X_u, Xt])
+        return xs - xs.mean(axis=0), xt - xt.mean(axis=0)
+
+
+class MDIPLS(_DomainInvariantPLS):
+    """Multi-domain di-PLS (Mikulasek et al., J. Chemometrics 2023) via diPLSlib's list-of-domains mode.
+
+    Each target instrument is one domain of xt (a list) and the model is built for target
+    domain 1 with per-LV regularization, so diPLSlib uses the target-domain loadings for the
+    regression vector (b = W (P_t^T W)^-1 C) and always deflates every domain. A ctbench task
+    has one target instrument, so the list has one domain, the standards' target spectra:
+    mdipls is then di-PLS with the target-loading regression vector (``dipls`` uses the
+    source loadings). Because that vector needs a target score for every latent variable,
+    the count is capped at N - 1 (the rank of N centred target spectra), and at least 2
+    standards are needed.
+    """
+
+    name = "mdipls"
+    version = "1"
+    description = "multi-domain di-PLS (diPLSlib), one domain per target instrument"
+
+    tags = Tags(min_shots=2, zero_shot=False, transductive=False, multi_target=True)
+
+    def _domains(self, Xs: np.ndarray, Xt: np.ndarray, X_u: np.ndarray | None) -> Any:
+        xs_c, xt_c = super()._domains(Xs, Xt, X_u)
+        return xs_c, [xt_c]
+
+    def _n_components(self, j: int, domains: Any) -> int:
+        # The target-loading regression vector needs a target score per latent variable:
+        # a domain of N centred spectra has rank N - 1, beyond which P_t is 0/0 noise.
+        rank = min(x.shape[0] - 1 for x in domains[1])
+        return max(1, min(int(self.n_components_[j]), rank))
+
+    def _vector(self, X_c: np.ndarray, y_c: np.ndarray, domains: Any, n_components: int, l_abs: float) -> np.ndarray:
+        xs_c, xt_list = domains
+        return fit_dipls_vector(X_c, y_c, xs_c, [x.copy() for x in xt_list], n_components, l_abs, multi_domain=True)
+
+
+class GCTPLS(_DomainInvariantPLS):
+    """GCT-PLS (Nikzad-Langerodi & Sobieczky, J. Chemometrics 2021) with the paired standards.
+
+    PLS on the source calibration whose weights are penalised by the mean squared latent
+    distance between the paired standards, ``l * sum_i ((xs_i - xt_i) w)^2 / N`` (graph
+    Laplacian of the pairs), fitted with diPLSlib's GCTPLS (see the module docstring for why
+    the pairs are passed as differences). Needs one pair at least. ``source_domain`` is
+    unused (the pairs are the domains).
+    """
+
+    name = "gctpls"
+    version = "1"
+    description = "graph-based calibration transfer PLS (diPLSlib) with the paired standards"
+    _tunes_source_domain = False
+
+    def _domains(self, Xs: np.ndarray, Xt: np.ndarray, X_u: np.ndarray | None) -> Any:
+        return Xs - Xt
+
+    def _l_scale(self, domains: Any, y_c: np.ndarray) -> float:
+        s = np.linalg.svd(domains, compute_uv=False)
+        d = float(s[0] ** 2) / domains.shape[0] if s.size else 0.0
+        return float(y_c @ y_c) / d if d > 0 else 0.0
+
+    def _vector(self, X_c: np.ndarray, y_c: np.ndarray, domains: Any, n_components: int, l_abs: float) -> np.ndarray:
+        return fit_gct_vector(X_c, y_c, domains, n_components, l_abs)
+
+
+for _cls, _sd in ((DIPLS, "standards"), (DIPLSTransductive, "calibration"), (MDIPLS, "standards"), (GCTPLS, "standards")):
+    _cls.__doc__ = (_cls.__doc__ or "") + _PARAMS_DOC.format(sd=_sd)
