@@ -287,3 +287,25 @@ def test_bad_inputs(fitted, data):
     )
     with pytest.raises(ValueError, match="at least 2"):
         copy.deepcopy(fitted["cnn"]).transfer(few)
+
+
+def test_source_validation_split_keeps_replicates_together():
+    from ctbench_deep.methods import holdout_split
+
+    groups = np.repeat([f"s{i}" for i in range(10)], 3)
+    train, val = holdout_split(30, 0.2, np.random.default_rng(0), groups)
+    assert len(val) == 6 and set(groups[train]).isdisjoint(groups[val])
+    assert sorted(np.concatenate([train, val]).tolist()) == list(range(30))
+    assert holdout_split(5, 0.2, np.random.default_rng(0))[1].size == 0  # too few rows: no validation
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("cls,params", [(CNN, TINY_CNN), (LoRACT, TINY_LORA)])
+def test_runs_on_cuda(data, cls, params):
+    m = cls(**dict(params, device="cuda")).fit(data["source"]).transfer(data["standards"])
+    pred = m.predict(data["X_test"])
+    assert pred.shape == (20, 2) and np.isfinite(pred).all()
+    assert all(v.device.type == "cpu" for v in m.state_.values())  # stored state stays picklable anywhere
+    cpu = copy.deepcopy(m).set_params(device="cpu")
+    np.testing.assert_allclose(cpu.predict(data["X_test"]), pred, rtol=1e-3, atol=1e-3)

@@ -4,7 +4,6 @@ generator, a user's CSV / JCAMP-DX / NPZ / HDF5 files, and the sharded batch sam
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +68,7 @@ def test_wrong_checksum_and_missing_file_are_one_line_errors(tmp_path):
     with pytest.raises(DataError, match="sha256"):
         resolve_file(RRUFF_FILE, "aa7817197826d3df9ef2cf59660ffc754c9cc3f51ca80d10f339e7a4bf133baa", tmp_path)
     with pytest.raises(DataError, match="--data-dir"):
-        resolve_file("chemotools/fermentation_spectra.csv", "0" * 64, tmp_path)
+        resolve_file("chemotools/no_such_file.csv", "0" * 64, tmp_path)
 
 
 def test_corpus_spec_errors():

@@ -21,6 +21,15 @@ from ctbench_spektron import Spektron  # noqa: E402
 from ctbench_spektron.checkpoint import DEFAULT_WEIGHTS, sha256_of  # noqa: E402
 from ctbench_spektron.pretrain import run_pretraining  # noqa: E402
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Small networks on a shared CPU run fastest (and steadiest) on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory):
@@ -115,3 +124,17 @@ def test_committed_default_checkpoint_matches_its_manifest():
     names = {s["name"] for s in manifest["corpus"]["sources"]}
     assert names == {"rruff", "fermentation", "synthetic"}
     assert "reproduce" in manifest and "ctbench pretrain" in manifest["reproduce"]
+
+
+def test_missing_default_weights_are_pretrained_once_on_first_use(tmp_path, monkeypatch):
+    import ctbench_spektron.checkpoint as ck
+    import ctbench_spektron.method as method
+
+    monkeypatch.setattr(ck, "DEFAULT_WEIGHTS", tmp_path / "none" / "spektron-small.pt")
+    monkeypatch.setenv("CTBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(method, "AUTO_CORPUS", "synthetic")
+    monkeypatch.setattr(method, "AUTO_PRETRAIN", method.AUTO_PRETRAIN | {"size": "tiny", "steps": 2, "batch_size": 4})
+    path = method.default_weights(progress=False)
+    assert path.is_file() and path.with_suffix(".json").is_file()
+    assert method.default_weights(progress=False) == path  # cached: no second run
+

@@ -32,6 +32,15 @@ from ctbench_spektron.sampling import BatchSampler  # noqa: E402
 
 TINY = {"size": "tiny", "batch_size": 4, "mlflow": False, "progress": False, "log_every": 1, "num_threads": 1}
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Small networks on a shared CPU run fastest (and steadiest) on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
@@ -97,6 +106,11 @@ def test_pretraining_writes_weights_manifest_and_resumes_exactly(tmp_path):
     assert (tmp_path / "b" / "losses.png").stat().st_size > 1000
 
 
+def test_bf16_autocast_step_runs_on_cpu(tmp_path):
+    summary = run_pretraining("synthetic", TINY | {"steps": 1, "precision": "bf16", "out": str(tmp_path)})
+    assert np.isfinite(summary["final_losses"]["total"])
+
+
 def test_unknown_pretraining_option_is_a_one_line_error(tmp_path):
     with pytest.raises(ValueError, match="did you mean 'steps'"):
         run_pretraining("synthetic", TINY | {"stepz": 3, "out": str(tmp_path)})
@@ -150,10 +164,13 @@ def test_cli_errors_are_one_line(tmp_path):
     res = runner.invoke(app, ["pretrain", "--method", "spektron", "--size", "huge", "--corpus", "synthetic",
                               "--out", str(tmp_path), "--no-mlflow"])
     assert res.exit_code == 2 and "unknown Spektron size 'huge'" in res.output
+    if not torch.cuda.is_available():
+        res = runner.invoke(app, ["pretrain", "--method", "spektron", "--size", "tiny", "--corpus", "synthetic",
+                                  "--device", "cuda", "--out", str(tmp_path / "c"), "--no-mlflow"])
+        assert res.exit_code == 2 and "CUDA is not available" in res.output
 
 
-@pytest.mark.slow
-def test_torchrun_ddp_two_cpu_processes_on_gloo(tmp_path):
+def test_torchrun_ddp_two_cpu_processes_on_gloo(tmp_path):  # ~7-15 s: two processes import torch
     out = tmp_path / "ddp"
     env = os.environ | {"CTBENCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ctbench", "pretrain",

@@ -17,6 +17,7 @@ CLASSICAL_SWEEP = "no_transfer,target_only,full_recalibration,sbc,ds,pds,cca,dip
 def register(app: typer.Typer) -> None:
     bench = typer.Typer(help="Benchmarks that print timings (speed targets live here, not in tests).")
     bench.command("sweep")(sweep)
+    bench.command("transfer")(transfer)
     app.add_typer(bench, name="bench")
 
 
@@ -95,3 +96,47 @@ def sweep(
         typer.echo(f"wrote {publish / 'reference_leaderboard.md'} and .json ({len(rows)} rows)")
     if tmp is not None:
         tmp.cleanup()
+
+
+def transfer(
+    method: str = typer.Option(..., "--method", "-m", help="Method name."),
+    task: str = typer.Option("corn_m5_mp6", "--task", "-t"),
+    shots: int = typer.Option(30, "--shots", "-n"),
+    repeat: int = typer.Option(5, "--repeat", help="Timed repetitions of transfer + predict (median printed)."),
+    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Method parameter key=value."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
+) -> None:
+    """Time one method's fit, transfer and predict on a task (median over repeats)."""
+    import copy
+    import statistics
+
+    from ctbench.cards import load_card
+    from ctbench.cli.common import parse_params
+    from ctbench.plugins import get_method
+    from ctbench.runner import MethodSpec, _single_threaded_blas, resolved_params, source_for, standards_for
+    from ctbench.splits import make_split
+    from ctbench.tasks import build_task
+
+    with friendly_errors(), _single_threaded_blas():
+        cls = get_method(method).cls
+        params = resolved_params(cls, MethodSpec(method, parse_params(param)))
+        t = build_task(load_card(task), set_data_dir(data_dir))
+        split = make_split(t, shots, 0)
+        t0 = time.perf_counter()
+        fitted = cls(**params).fit(source_for(t, cls))
+        fit_s = time.perf_counter() - t0
+        X_test = t.X_target[t.test_rows]
+        unl = X_test if cls.tags.transductive else None
+        tr, pr = [], []
+        for _ in range(repeat):
+            m = copy.deepcopy(fitted)
+            t0 = time.perf_counter()
+            m.transfer(standards_for(t, split.standard_rows), unl)
+            tr.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            m.predict(X_test)
+            pr.append(time.perf_counter() - t0)
+    typer.echo(f"{method} on {task} ({t.X_source.shape[1]} channels), N={shots}, one BLAS thread:")
+    typer.echo(f"  fit      {fit_s * 1e3:9.1f} ms (once per task)")
+    typer.echo(f"  transfer {statistics.median(tr) * 1e3:9.1f} ms (median of {repeat})")
+    typer.echo(f"  predict  {statistics.median(pr) * 1e3:9.1f} ms for {len(X_test)} spectra")

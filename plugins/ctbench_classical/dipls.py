@@ -6,7 +6,7 @@ All four fit one PLS1 per property with diPLSlib (pinned 2.5.0) and share the pl
   algorithms lies in the row space of the (centred) matrices given to them, so the fit runs
   on the coordinates of an orthonormal basis Q of that row space (a few dozen to a few
   hundred columns instead of p channels) and ``b = Q b_Q``. This is exact (the tests hold
-  it to 1e-12 against a full-space implementation) and turns each latent variable's
+  it to round-off against a full-space implementation) and turns each latent variable's
   p x p eigen-decomposition into a small one.
 * **Centring done here, not in diPLSlib.** diPLSlib 2.5.0 deflates the target matrix only
   ``if np.sum(xt) != 0``; for mean-centred xt that sum is floating-point noise and is

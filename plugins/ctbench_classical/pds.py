@@ -167,7 +167,8 @@ class PDS(SpectralStandardization):
         else:
             settings = [(self.solver, c.get("n_components", 0), c.get("alpha", 0.0)) for c in candidates]
             coefs = _batched_svd_solve(Xw, y, settings)
-        return [(target_mean, source_mean, coef) for coef in coefs]
+        # contiguous coefficients: einsum then sums in the same order after a pickle round trip
+        return [(target_mean, source_mean, np.ascontiguousarray(coef)) for coef in coefs]
 
     def _apply_map(self, state: Any, X_target: np.ndarray) -> np.ndarray:
         target_mean, source_mean, coef = state

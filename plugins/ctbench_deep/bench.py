@@ -97,17 +97,16 @@ def main(argv: list[str] | None = None) -> None:
         f"{summary['test_samples']} test, {summary['axis']}; N = {args.shots} standards, {args.reps} transfers"
     )
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} CPU thread(s)")
-    print(f"{'method':<9} {'fit s':>7} {'epochs':>6} {'transfer s (median, min-max)':>30} {'predict ms':>10}  test RMSEP")
+    print(f"{'method':<8} {'fit s':>6} {'epochs':>6} {'transfer s: median (min-max)':>29} {'predict ms':>10}  test RMSEP")
     for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
         r = bench_method(name, task, args.shots, args.reps, args.device, {})
         t = r["transfer_s"]
+        spread = f"{statistics.median(t):.3f} ({min(t):.3f}-{max(t):.3f})"
         rmsep = "  ".join(f"{p}={v:.3f}" for p, v in zip(task.properties, r["rmsep"]))
         print(
-            f"{name:<9} {r['fit_s']:>7.2f} {r['source_epochs']!s:>6} "
-            f"{statistics.median(t):>12.3f} ({min(t):.3f}-{max(t):.3f})".ljust(64)
-            + f" {1000 * statistics.median(r['predict_s']):>10.1f}  {rmsep}"
+            f"{name:<8} {r['fit_s']:>6.2f} {r['source_epochs']!s:>6} {spread:>29} "
+            f"{1000 * statistics.median(r['predict_s']):>10.1f}  {rmsep}"
         )
-
 
 if __name__ == "__main__":
     main()

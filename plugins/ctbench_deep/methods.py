@@ -166,6 +166,7 @@ class _DeepTransferMethod(TransferMethod):
             if self.refit and len(val) and result.best_epoch > 0:
                 # the epoch count is chosen; now train again on the whole calibration
                 rng = np.random.default_rng([int(self.random_state), 1])
+                T.reseed(self.random_state)  # same initial weights as the run that chose the count
                 model = T.build_model(config, None, device)
                 T.fit_network(
                     model,
@@ -230,7 +231,7 @@ class CNN(_DeepTransferMethod):
     set): widths (8, 16, 16), kernel 11, stride 2, pool 44, hidden 64, dropout 0.1; lr 1e-3,
     weight decay 1e-4, batch 16, <= 500 epochs, patience 150, val 20 %, refit; transfer lr 1e-4,
     60 epochs, early stopping from N = 20 (holding out 2-3 of 10 standards chose poor epoch counts),
-    <= 300 epochs, patience 60. Source training on corn-size data (60 x 700): about 10-15 s on
+    <= 300 epochs, patience 60. Source training on corn-size data (60 x 700): about 5-10 s on
     one CPU core.
     """
 

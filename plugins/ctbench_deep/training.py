@@ -38,6 +38,11 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
+def reseed(seed: int) -> None:
+    """Re-seed torch (inside a :func:`seeded` block, so the caller's state is still restored)."""
+    torch.manual_seed(int(seed))
+
+
 def build_model(config: CNNConfig, state: dict[str, torch.Tensor] | None, device: torch.device) -> SpectralCNN:
     """A SpectralCNN of ``config`` on ``device``, loaded with ``state`` when given."""
     model = SpectralCNN(config)

@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print("Spektron pretraining throughput (one step = 2 views per spectrum + EMA target + all objectives)")
+    print("Spektron pretraining throughput (one step = 2 views per spectrum + EMA target + all objectives); "
+          f"torch CPU threads: {torch.get_num_threads()}")
     print("FLOPs counted by torch.utils.flop_counter (matmul/conv/attention only): TFLOP/s is a lower bound")
     print(f"{'size':>6} {'params':>8} {'dev':>5} {'scan':>8} {'prec':>5} {'batch':>5} {'s/step':>8} {'spectra/s':>10} {'GFLOP/step':>10} {'TFLOP/s':>8}")
     for size in [s for s in args.sizes.split(",") if s]:

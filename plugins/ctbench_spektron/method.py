@@ -27,6 +27,12 @@ _MODEL_CACHE: dict[tuple[str, float], Any] = {}
 _LOCK = threading.Lock()
 
 
+AUTO_PRETRAIN: dict[str, Any] = {"size": "small", "steps": 150, "batch_size": 16, "num_threads": 1,
+                                 "checkpoint_every": 50, "mlflow": False}
+"""Settings of the one-off pretraining when no committed weights exist (about 2-4 min on 2 CPU cores)."""
+AUTO_CORPUS = "rruff,fermentation,synthetic"
+
+
 def default_weights(progress: bool = True) -> Path:
     """The default small checkpoint: the committed one, else one trained on first use (cached)."""
     from .checkpoint import DEFAULT_WEIGHTS
@@ -35,7 +41,7 @@ def default_weights(progress: bool = True) -> Path:
         return DEFAULT_WEIGHTS
     from .corpus.resolve import cache_dir
 
-    auto = cache_dir() / "auto" / "spektron-small.pt"
+    auto = cache_dir() / "auto" / f"spektron-{AUTO_PRETRAIN.get('size', 'small')}.pt"
     if auto.is_file():
         return auto
     print("spektron: no committed weights found; pretraining a small model once (a few minutes on CPU)...",
@@ -46,14 +52,15 @@ def default_weights(progress: bool = True) -> Path:
     from .pretrain import run_pretraining
 
     try:
-        corpus = build_corpus("rruff,fermentation,synthetic")
-    except DataError:
+        corpus = build_corpus(AUTO_CORPUS)
+    except DataError:  # no dataset mirror on this machine: synthetic spectra only
         corpus = build_corpus("synthetic")
     out = auto.parent / "run"
-    run_pretraining(corpus, {"size": "small", "steps": 150, "batch_size": 16, "out": str(out), "resume": True,
-                             "mlflow": False, "progress": progress, "checkpoint_every": 50})
-    (out / "spektron-small.pt").replace(auto)
-    (out / "spektron-small.json").replace(auto.with_suffix(".json"))
+    size = AUTO_PRETRAIN.get("size", "small")
+    resume = (out / "checkpoint-last.pt").exists()  # an interrupted first use continues
+    run_pretraining(corpus, AUTO_PRETRAIN | {"out": str(out), "progress": progress, "resume": resume})
+    (out / f"spektron-{size}.pt").replace(auto)
+    (out / f"spektron-{size}.json").replace(auto.with_suffix(".json"))
     return auto
 
 
@@ -205,10 +212,10 @@ class Spektron(TransferMethod):
         ys = ys[:, None] if ys.ndim == 1 else ys
         self.target_axis_ = np.array(standards.axis, dtype=float, copy=True)
         self.target_unit_ = standards.axis_unit
-        Es = self._embed(Xs, self.target_axis_, self.target_unit_)
-        Et = self._embed(Xt, self.target_axis_, self.target_unit_)
         if self.target_axis_.shape != self.axis_.shape or not np.allclose(self.target_axis_, self.axis_):
             raise ValueError("spektron: standards must be on the source calibration's axis (resample them first)")
+        Es = self._embed(Xs, self.target_axis_, self.target_unit_)
+        Et = self._embed(Xt, self.target_axis_, self.target_unit_)
         self.e_W_ = self.x_W_ = None
         self.e_tmean_, self.x_tmean_ = Et.mean(0), Xt.mean(0)
         self.e_offset_ = (Es - Et).mean(0)

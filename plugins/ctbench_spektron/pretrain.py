@@ -54,7 +54,7 @@ class DistributedContext:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for but CUDA is not available on this machine")
+            raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
         if device.startswith("cuda"):
             index = self.local_rank if self.world_size > 1 or device == "cuda" else int(device.split(":")[1])
             self.device = torch.device("cuda", index)
@@ -203,6 +203,7 @@ def run_pretraining(corpus: Any, config: dict[str, Any]) -> dict[str, Any]:
     if "out" not in run or not run["out"]:
         raise ValueError("pretraining needs an output folder (config['out'] / --out)")
     out_dir = Path(run["out"]).expanduser()
+    threads_before = torch.get_num_threads()
     if pcfg.num_threads:
         torch.set_num_threads(pcfg.num_threads)
     mcfg = pcfg.model_config()
@@ -364,6 +365,7 @@ def run_pretraining(corpus: Any, config: dict[str, Any]) -> dict[str, Any]:
         return summary
     finally:
         ctx.close()
+        torch.set_num_threads(threads_before)
 
 
 def _write_history(path: Path, history: list[dict[str, Any]], loss_names: tuple[str, ...]) -> None:

@@ -1,7 +1,8 @@
 """Find a dataset file in the offline mirror and verify its sha256.
 
-A local stand-in until ``ctbench.data.mirror.resolve`` exists (another part of ctbench):
-the data folder is ``--data-dir``, else env ``CTBENCH_DATA``, else /work/shared/datasets.
+Uses ``ctbench.data.mirror.resolve`` (--data-dir, $CTBENCH_DATA, the user cache, download)
+when it is importable, and a small local resolver otherwise. When neither --data-dir nor
+$CTBENCH_DATA is given, the shared mirror /work/shared/datasets is tried as the default folder.
 """
 
 from __future__ import annotations
@@ -30,16 +31,17 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 def resolve_file(relpath: str, sha256: str, explicit_dir: str | Path | None = None) -> Path:
     """Local path of ``relpath`` in the mirror after checking its sha256 (DataError otherwise)."""
-    try:  # prefer ctbench's own resolver once it exists
-        from ctbench.data.mirror import resolve as _resolve  # type: ignore[attr-defined]
-    except Exception:
-        _resolve = None
-    if _resolve is not None:
-        try:
-            return Path(_resolve(relpath, sha256=sha256, data_dir=explicit_dir))
-        except TypeError:  # a different signature: fall back to the local resolver
-            pass
-    root = data_dir(explicit_dir)
+    folder: str | Path | None = explicit_dir
+    if folder is None and not os.environ.get("CTBENCH_DATA") and Path(DEFAULT_DATA_DIR).is_dir():
+        folder = DEFAULT_DATA_DIR
+    try:
+        from ctbench.data.mirror import resolve as mirror_resolve
+        from ctbench.data.registry import DataFile
+    except ImportError:  # an older ctbench without the mirror module
+        mirror_resolve = None
+    if mirror_resolve is not None:
+        return Path(mirror_resolve(DataFile(relpath=relpath, sha256=sha256), folder))
+    root = data_dir(folder)
     path = root / relpath
     if not path.is_file():
         raise DataError(
