@@ -70,31 +70,109 @@ def _cv_folds(n: int, n_folds: int, random_state: int) -> list[np.ndarray]:
     return [order[i::n_folds] for i in range(n_folds)]
 
 
-def select_components(
-    X: np.ndarray, y: np.ndarray, max_components: int, cv: int = 10, random_state: int = 0
-) -> tuple[int, np.ndarray]:
-    """Choose the latent-variable count for one property; returns (count, RMSECV per count)."""
-    from scipy.special import fdtri  # F quantile; much lighter to import than scipy.stats
+def _cv_press(
+    X: np.ndarray, Y: np.ndarray, max_components: int, cv: int, random_state: int
+) -> tuple[np.ndarray, int]:
+    """PRESS of every latent-variable count 1..A for every property (k, A), and n_folds.
 
+    The same numbers as running :func:`nipals_pls1_path` on each fold's training rows and
+    predicting its test rows, computed in the dual (Gram) form for all folds and properties
+    at once: with ``u_a`` the deflated y scaled so that ``w_a = X^T u_a``, the NIPALS score is
+    ``t_a = (I - Pi_T) K u_a`` (K the fold's centred Gram matrix, Pi_T the projection on the
+    earlier scores), the loadings satisfy ``P^T W = diag(1/t^T t) T^T K U`` and a test row
+    predicts ``k_x^T U (P^T W)^-1 c``. Only n x n Gram matrices are touched (one n x p
+    product in all), which makes the CV of a small calibration (the transfer standards) cheap.
+    The stopping rules of ``nipals_pls1_path`` (no weight, no score) are kept per fold.
+    """
     n = X.shape[0]
     n_folds = max(2, min(cv, n))
     folds = _cv_folds(n, n_folds, random_state)
     max_train = n - max(len(f) for f in folds)
     A = max(1, min(max_components, max_train - 1, X.shape[1]))
-    press = np.zeros(A)
-    for test in folds:
-        train = np.setdiff1d(np.arange(n), test)
-        B, xm, ym = nipals_pls1_path(X[train], y[train], A)
-        pred = (X[test] - xm) @ B + ym
-        press += ((pred - y[test, None]) ** 2).sum(axis=0)
+    k = Y.shape[1]
+    Xg = X - X.mean(axis=0)
+    G = Xg @ Xg.T  # Gram of the globally centred rows; each fold re-centres it exactly
+    m = n - min(len(f) for f in folds)  # largest training set
+    q = max(len(f) for f in folds)
+    K = np.zeros((n_folds, m, m))
+    Kx = np.zeros((n_folds, q, m))
+    f0 = np.zeros((n_folds, m, k))
+    y_test = np.zeros((n_folds, q, k))
+    y_mean = np.zeros((n_folds, 1, k))
+    test_mask = np.zeros((n_folds, q, 1))
+    everything = np.arange(n)
+    for i, test in enumerate(folds):
+        train = np.setdiff1d(everything, test)
+        nt, ns = len(train), len(test)
+        Gtt = G[np.ix_(train, train)]
+        a_train = Gtt.mean(axis=1)
+        a_all = a_train.mean()
+        K[i, :nt, :nt] = Gtt - a_train[:, None] - a_train[None, :] + a_all
+        Gxt = G[np.ix_(test, train)]
+        Kx[i, :ns, :nt] = Gxt - Gxt.mean(axis=1)[:, None] - a_train[None, :] + a_all
+        ym = Y[train].mean(axis=0)
+        f0[i, :nt] = Y[train] - ym
+        y_test[i, :ns] = Y[test]
+        y_mean[i, 0] = ym
+        test_mask[i, :ns] = 1.0
+    T = np.zeros((n_folds, m, k, A))  # scores, unit length
+    U = np.zeros((n_folds, m, k, A))
+    tt_all = np.ones((n_folds, k, A))
+    c = np.zeros((n_folds, k, A))
+    f = f0.copy()
+    active = np.ones((n_folds, k), dtype=bool)
+    for a in range(A):
+        Kf = K @ f  # (F, m, k)
+        nrm2 = np.einsum("fmk,fmk->fk", f, Kf)
+        active &= nrm2 >= 1e-24  # nipals: ||E^T f|| < 1e-12 stops
+        inv = np.where(active, 1.0 / np.sqrt(np.where(active, nrm2, 1.0)), 0.0)
+        t = Kf * inv[:, None, :]
+        if a:
+            Ta = T[..., :a]
+            for _ in range(2):  # Gram-Schmidt twice: the scores stay orthogonal to round-off
+                t = t - np.einsum("fmka,fka->fmk", Ta, np.einsum("fmka,fmk->fka", Ta, t))
+        tt = np.einsum("fmk,fmk->fk", t, t)
+        active &= tt >= 1e-14  # nipals: t^T t < 1e-14 stops
+        tt = np.where(active, tt, 1.0)
+        ca = np.where(active, np.einsum("fmk,fmk->fk", f, t) / tt, 0.0)
+        t = t * active[:, None, :]
+        U[..., a] = f * inv[:, None, :]
+        T[..., a] = t / np.sqrt(tt)[:, None, :]
+        tt_all[..., a] = tt
+        c[..., a] = ca
+        f = f - ca[:, None, :] * t
+    # P^T W = diag(1/tt) T^T K U with T unnormalised; unused components get an identity row.
+    KU = np.einsum("fmn,fnka->fmka", K, U)
+    M = np.einsum("fmka,fmkb->fkab", T, KU) / np.sqrt(tt_all)[..., None]
+    used = np.any(U != 0, axis=1)  # (F, k, A)
+    M = M + np.eye(A) * (~used)[..., None]
+    Gx = np.einsum("fqm,fmka->fkqa", Kx, U)
+    Z = np.linalg.solve(np.swapaxes(M, -1, -2), np.swapaxes(Gx, -1, -2))  # (F,k,A,q): (Gx M^-1)^T
+    pred = np.cumsum(np.swapaxes(Z, -1, -2) * c[:, :, None, :], axis=-1)  # (F, k, q, A)
+    resid = (pred + np.swapaxes(y_mean, 1, 2)[..., None] - np.swapaxes(y_test, 1, 2)[..., None]) * np.swapaxes(
+        test_mask, 1, 2
+    )[..., None]
+    return (resid**2).sum(axis=(0, 2)), n
+
+
+def _choose(press: np.ndarray, n: int) -> int:
+    """Haaland-Thomas: the fewest latent variables whose PRESS is not significantly above the minimum."""
+    from scipy.special import fdtri  # F quantile; much lighter to import than scipy.stats
+
     best = int(np.argmin(press))
     threshold = fdtri(n, n, 0.75)
-    chosen = best
     for a in range(best + 1):
         if press[a] / max(press[best], 1e-300) < threshold:
-            chosen = a
-            break
-    return chosen + 1, np.sqrt(press / n)
+            return a + 1
+    return best + 1
+
+
+def select_components(
+    X: np.ndarray, y: np.ndarray, max_components: int, cv: int = 10, random_state: int = 0
+) -> tuple[int, np.ndarray]:
+    """Choose the latent-variable count for one property; returns (count, RMSECV per count)."""
+    press, n = _cv_press(np.asarray(X, dtype=float), np.asarray(y, dtype=float).reshape(len(y), -1)[:, :1], max_components, cv, random_state)
+    return _choose(press[0], n), np.sqrt(press[0] / n)
 
 
 class PLSCalibration:
@@ -136,13 +214,15 @@ class PLSCalibration:
         self.rmsecv_: list[np.ndarray | None] = []
         self.coef_ = np.zeros((X.shape[1], k))
         self.intercept_ = np.zeros(k)
+        if self.n_components is None:
+            press, n = _cv_press(X, y, self.max_components, self.cv, self.random_state)  # all properties at once
         for j in range(k):
             if self.n_components is not None:
                 a = max(1, min(int(self.n_components), X.shape[0] - 1, X.shape[1]))
                 self.rmsecv_.append(None)
             else:
-                a, rmsecv = select_components(X, y[:, j], self.max_components, self.cv, self.random_state)
-                self.rmsecv_.append(rmsecv)
+                a = _choose(press[j], n)
+                self.rmsecv_.append(np.sqrt(press[j] / n))
             B, xm, ym = nipals_pls1_path(X, y[:, j], a)
             self.coef_[:, j] = B[:, a - 1]
             self.intercept_[j] = ym - xm @ B[:, a - 1]

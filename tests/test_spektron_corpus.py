@@ -11,14 +11,14 @@ import pytest
 
 from ctbench.data import DataError
 from ctbench_spektron.corpus import PretrainCorpus, SpectralTable, SyntheticSpectra, build_corpus, parse_spec
-from ctbench_spektron.corpus.resolve import data_dir, resolve_file
+from ctbench_spektron.corpus.resolve import resolve_file
 from ctbench_spektron.corpus.rruff import RELPATH as RRUFF_FILE
 from ctbench_spektron.corpus.rruff import load_rruff, parse_file_name, parse_rruff_text
 from ctbench_spektron.corpus.userfiles import load_user_files, parse_options, read_jcamp
 from ctbench_spektron.sampling import BatchSampler
 
 G = 256
-HAVE_DATA = (data_dir() / RRUFF_FILE).is_file()
+HAVE_DATA = (Path(__import__("os").environ.get("CTBENCH_DATA", "/nonexistent")) / RRUFF_FILE).is_file()
 needs_data = pytest.mark.skipif(not HAVE_DATA, reason="dataset mirror not available (set CTBENCH_DATA)")
 
 

@@ -126,7 +126,8 @@ def test_cli_pretrain_writes_weights(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_pretrain_with_mlflow_and_method_lookup(tmp_path):
+def test_cli_pretrain_with_mlflow_and_method_lookup(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     runner = CliRunner()
     out = tmp_path / "run"
     res = runner.invoke(app, ["pretrain", "--method", "spektron", "--corpus", "synthetic", "--size", "tiny", "--steps", "2",
@@ -143,6 +144,8 @@ def test_cli_pretrain_with_mlflow_and_method_lookup(tmp_path):
     exp = client.get_experiment_by_name("spektron-pretrain")
     run = client.search_runs([exp.experiment_id])[0]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "total")] == [1, 2]
+    assert (tmp_path / "results" / "mlartifacts").is_dir()  # the manifest artifact lands beside the store
+    assert not (tmp_path / "mlruns").exists()
 
 
 def test_cli_mlflow_failure_is_a_warning_not_a_lost_run(tmp_path, monkeypatch):

@@ -102,8 +102,9 @@ class SpectralStandardization(TransferMethod):
         Xs, Xt, _ = standards_arrays(standards, self.n_channels_, self.n_properties_, self.tags.min_shots, self.name)
         n = Xs.shape[0]
         candidates = self._candidates(n)
-        if len(candidates) > 1 and n >= LOO_MIN_SHOTS:
-            self.loo_scores_ = self._loo_scores(Xs, Xt, candidates)
+        folds = sample_folds(standards.groups, n)
+        if len(candidates) > 1 and len(folds) >= LOO_MIN_SHOTS:
+            self.loo_scores_ = self._loo_scores(Xs, Xt, candidates, folds)
             best = candidates[int(np.argmin(self.loo_scores_))]
         else:
             self.loo_scores_ = None
@@ -119,24 +120,44 @@ class SpectralStandardization(TransferMethod):
     def predict(self, X_target: np.ndarray) -> np.ndarray:
         return self.source_model_.predict(self.transform_target(X_target))
 
-    def _loo_scores(self, Xs: np.ndarray, Xt: np.ndarray, candidates: list[dict[str, Any]]) -> np.ndarray:
+    def _loo_scores(
+        self, Xs: np.ndarray, Xt: np.ndarray, candidates: list[dict[str, Any]], folds: list[np.ndarray] | None = None
+    ) -> np.ndarray:
         """Leave-one-standard-out error of every candidate, through the source model.
 
-        For held-out standard i, each candidate map (learnt on the other N - 1) sends its
+        For held-out standard i, each candidate map (learnt on the other standards) sends its
         target spectrum to the source space; the error is the source model's prediction of
         that spectrum minus its prediction of the standard's measured source spectrum (the
         transfer error alone, without the model's own error, and no reference values needed).
-        Score = mean over properties of RMSE / SD(y_source); lower is better.
+        Score = mean over properties of RMSE / SD(y_source); lower is better. A standard is a
+        physical sample: its replicate spectra (rows with the same group id) are held out
+        together (``folds``, one per sample; see ``sample_folds``), since a replicate left in
+        the training rows would let an over-fitted map look perfect.
+
+        The source model is linear, so the error is ``(mapped - x_s) @ coef``: subclasses
+        compute it in closed form in ``_loo_errors`` (DS, PDS, CCA do, without forming any
+        p x p map); the fallback refits every candidate on every fold.
         """
         n = Xs.shape[0]
-        ref = self.source_model_.predict(Xs)
-        sq = np.zeros((len(candidates), self.n_properties_))
-        for i in range(n):
-            keep = np.arange(n) != i
+        if folds is None:
+            folds = [np.array([i]) for i in range(n)]
+        err = self._loo_errors(Xs, Xt, candidates, folds)  # (candidates, n, properties)
+        return (np.sqrt((err**2).sum(axis=1) / n) / self.y_scale_).mean(axis=1)
+
+    def _loo_errors(
+        self, Xs: np.ndarray, Xt: np.ndarray, candidates: list[dict[str, Any]], folds: list[np.ndarray]
+    ) -> np.ndarray:
+        """Held-out transfer errors (candidates, n, properties) of every candidate (reference loop)."""
+        n = Xs.shape[0]
+        coef = self.source_model_.coef_
+        err = np.zeros((len(candidates), n, self.n_properties_))
+        for rows in folds:
+            keep = np.ones(n, dtype=bool)
+            keep[rows] = False
             maps = self._fit_maps(Xs[keep], Xt[keep], candidates)
-            mapped = np.vstack([self._apply_map(m, Xt[i : i + 1]) for m in maps])
-            sq += (self.source_model_.predict(mapped) - ref[i]) ** 2
-        return (np.sqrt(sq / n) / self.y_scale_).mean(axis=1)
+            for c, m in enumerate(maps):
+                err[c, rows] = (self._apply_map(m, Xt[rows]) - Xs[rows]) @ coef
+        return err
 
     def _check_params(self) -> None:
         """Raise a one-line error for an invalid parameter (called by fit)."""
@@ -153,7 +174,22 @@ class SpectralStandardization(TransferMethod):
 
 
 LOO_MIN_SHOTS = 4
-"""Fewest standards for leave-one-out selection; below it the simplest candidate is used."""
+"""Fewest standards (samples) for leave-one-out selection; below it the simplest candidate is used."""
+
+
+def sample_folds(groups: np.ndarray | None, n: int) -> list[np.ndarray]:
+    """Leave-one-sample-out folds over n standard rows: the rows of each sample id, in order of appearance.
+
+    Without ids (or with one id per row) every row is its own fold.
+    """
+    if groups is None:
+        return [np.array([i]) for i in range(n)]
+    g = np.asarray(groups)
+    if g.shape[0] != n:
+        raise ValueError(f"standards have {n} rows but {g.shape[0]} sample ids")
+    _, first, inverse = np.unique(g, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # samples in order of first appearance
+    return [np.flatnonzero(inverse == u) for u in order]
 
 
 def svd_filter(s: np.ndarray, regularization: str, rank: int, alpha: float, rtol: float = 1e-10) -> np.ndarray:

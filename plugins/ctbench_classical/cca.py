@@ -119,6 +119,45 @@ class CCA(SpectralStandardization):
             maps.append((target_mean, source_mean, left[:, :q], right[:q], rho))
         return maps
 
+    def _loo_errors(
+        self, Xs: np.ndarray, Xt: np.ndarray, candidates: list[dict[str, Any]], folds: list[np.ndarray]
+    ) -> np.ndarray:
+        """Held-out errors of every (r, q) with two small PCAs per fold, in the standards' own row spaces.
+
+        Each instrument's spectra are replaced by their coordinates in an orthonormal basis of
+        their row space (n numbers instead of p; an exact rotation, so the PCAs, canonical
+        correlations and maps are the same), and the source side is only needed through the
+        source model's coefficients, ``V_s^T coef``.
+        """
+        n = Xs.shape[0]
+        coef = self.source_model_.coef_
+        Ut, st, _ = np.linalg.svd(Xt, full_matrices=False)
+        Us, ss, Vs0 = np.linalg.svd(Xs, full_matrices=False)
+        Lt, Ls = Ut * st, Us * ss  # Xt = Lt Vt0^T, Xs = Ls Vs0^T
+        Ys = Xs @ coef
+        coef_s = Vs0 @ coef  # (n, k): the model's coefficients in the source coordinates
+        r_max = max(c["n_components"] for c in candidates)
+        err = np.zeros((len(candidates), n, coef.shape[1]))
+        for rows in folds:
+            keep = np.ones(n, dtype=bool)
+            keep[rows] = False
+            mt, ms = Lt[keep].mean(axis=0), Ls[keep].mean(axis=0)
+            Zt_all, st_all, Vt_all = _pca(Lt[keep] - mt, r_max)
+            Zs_all, ss_all, Vs_all = _pca(Ls[keep] - ms, r_max)
+            zt = (Lt[rows] - mt) @ (Vt_all / st_all)  # held-out whitened target scores (g, r)
+            base = ms @ coef_s - Ys[rows]  # (g, k)
+            by_r: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+            for c, cand in enumerate(candidates):
+                r = min(cand["n_components"], Zt_all.shape[1], Zs_all.shape[1])
+                if r not in by_r:
+                    A, rho, Bt = np.linalg.svd(Zt_all[:, :r].T @ Zs_all[:, :r])
+                    weight = np.clip(rho, 0.0, 1.0) if self.shrink else np.ones_like(rho)
+                    by_r[r] = (zt[:, :r] @ (A * weight), (Bt * ss_all[:r]) @ (Vs_all[:, :r].T @ coef_s))
+                u, right = by_r[r]
+                q = max(1, min(cand["n_canonical"], u.shape[1]))
+                err[c, rows] = u[:, :q] @ right[:q] + base
+        return err
+
     def _apply_map(self, state: Any, X_target: np.ndarray) -> np.ndarray:
         target_mean, source_mean, left, right, _ = state
         return ((X_target - target_mean) @ left) @ right + source_mean

@@ -41,7 +41,6 @@ All four fit one PLS1 per property with diPLSlib (pinned 2.5.0) and share the pl
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
@@ -49,6 +48,7 @@ import numpy as np
 from ctbench.method import SourceData, Standards, Tags, TransferMethod
 
 from ._common import as_spectra, fit_source_pls, require_fitted, source_arrays, standards_arrays
+from ._dipls_core import extend_basis, fit_batch, relaxed_discrepancy_norm, row_space_basis
 
 L_GRID = (0.0, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
 """Relative regularization values tried when l is None."""
@@ -71,25 +71,17 @@ def _map_arrays(domains: Any, f: Any) -> Any:
     return type(domains)(_map_arrays(d, f) for d in domains)
 
 
-def row_space_basis(*blocks: np.ndarray) -> np.ndarray:
-    """Orthonormal basis (p, m) of the row space of the stacked blocks."""
-    M = np.vstack([b for b in blocks if b.size])
-    _, s, Vt = np.linalg.svd(M, full_matrices=False)
-    keep = s > 1e-10 * max(float(s[0]), 1e-300) if s.size else np.zeros(0, dtype=bool)
-    return Vt[keep].T
+def _core_domains(domains: Any, mode: str) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(xs, [xt, ...]) as ``fit_batch`` takes them, from a method's domains structure."""
+    if mode == "gct":
+        return domains, []
+    xs, xt = domains
+    return xs, list(xt) if isinstance(xt, list) else [xt]
 
 
 def _relaxed_discrepancy_norm(xs_c: np.ndarray, xt_c: np.ndarray | list[np.ndarray]) -> float:
     """||D||_2 of diPLSlib's convex relaxation |Cov(xs) - Cov(xt)| (summed over target domains)."""
-    xts = xt_c if isinstance(xt_c, list) else [xt_c]
-    Q = row_space_basis(xs_c, *xts)
-    a = xs_c @ Q
-    D = np.zeros((Q.shape[1], Q.shape[1]))
-    for x in xts:
-        b = x @ Q
-        w, V = np.linalg.eigh(a.T @ a / a.shape[0] - b.T @ b / b.shape[0])
-        D += (V * np.abs(w)) @ V.T
-    return float(np.abs(np.linalg.eigvalsh(D)).max()) if D.size else 0.0
+    return relaxed_discrepancy_norm(xs_c, xt_c if isinstance(xt_c, list) else [xt_c])
 
 
 def fit_dipls_vector(
@@ -101,46 +93,26 @@ def fit_dipls_vector(
     l_abs: float,
     multi_domain: bool = False,
 ) -> np.ndarray:
-    """di-PLS regression vector (p,) from centred inputs, via diPLSlib's DIPLS in the row space.
+    """di-PLS regression vector (p,) from centred inputs (diPLSlib's DIPLS, computed in the row space).
 
     ``multi_domain``: xt is a list of target domains, the model is built for domain 1 with a
-    per-LV tuple of l (diPLSlib then uses the target loadings, b = W (P_t^T W)^-1 C).
+    per-LV l (diPLSlib then uses the target loadings, b = W (P_t^T W)^-1 C).
     """
-    from diPLSlib.models import DIPLS
-
     xts = xt_c if isinstance(xt_c, list) else [xt_c]
     Q = row_space_basis(X_c, xs_c, *xts)
     A = max(1, min(int(n_components), X_c.shape[0] - 1, Q.shape[1]))
-
-    def lift(M: np.ndarray, v: float) -> np.ndarray:
-        return np.hstack([M @ Q, np.full((M.shape[0], 1), v)])
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if multi_domain:
-            model = DIPLS(A=A, l=tuple([float(l_abs)] * A), centering=False, target_domain=1)
-            model.fit(lift(X_c, 0.0), y_c, lift(xs_c, 0.0), [lift(x, 1.0) for x in xts])
-        else:
-            model = DIPLS(A=A, l=float(l_abs), centering=False)
-            # the extra coordinate forces the target deflation; an all-zero xt (one standard)
-            # has nothing to deflate and would give 0/0 loadings, so it gets 0 there.
-            model.fit(lift(X_c, 0.0), y_c, lift(xs_c, 0.0), lift(xts[0], 1.0 if np.any(xts[0]) else 0.0))
-    return Q @ np.ravel(model.b_)[:-1]
+    b = fit_batch((X_c @ Q)[None], np.asarray(y_c, dtype=float)[None], A, np.array([float(l_abs)]), xs_c @ Q,
+                  [x @ Q for x in xts], "mdipls" if multi_domain else "dipls")
+    return Q @ b[0]
 
 
 def fit_gct_vector(X_c: np.ndarray, y_c: np.ndarray, diffs: np.ndarray, n_components: int, l_abs: float) -> np.ndarray:
-    """GCT-PLS regression vector (p,) with the pair-difference penalty, via diPLSlib's GCTPLS."""
-    from diPLSlib.models import GCTPLS
-
+    """GCT-PLS regression vector (p,) with the pair-difference penalty (diPLSlib's GCTPLS loop)."""
     Q = row_space_basis(X_c, diffs)
     A = max(1, min(int(n_components), X_c.shape[0] - 1, Q.shape[1]))
-    d = diffs @ Q
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # GCTPLS centres x and y itself (x is already centred); xs = pair differences and
-        # xt = 0 make its relaxation D = (Xs - Xt)^T (Xs - Xt) / N, the GCT graph penalty.
-        model = GCTPLS(A=A, l=float(l_abs), centering=True).fit(X_c @ Q, y_c, d, np.zeros_like(d))
-    return Q @ np.ravel(model.b_)
+    yc = np.asarray(y_c, dtype=float)
+    b = fit_batch((X_c @ Q)[None], (yc - yc.mean())[None], A, np.array([float(l_abs)]), diffs @ Q, [], "gct")
+    return Q @ b[0]
 
 
 class _DomainInvariantPLS(TransferMethod):
@@ -176,6 +148,11 @@ class _DomainInvariantPLS(TransferMethod):
         self.y_mean_ = y.mean(axis=0)
         self._X_c = X - self.X_mean_
         self._y_c = y - self.y_mean_
+        # Orthonormal basis of the calibration's row space and the calibration in it (X_c = Xq Qx^T),
+        # computed once: each transfer only adds the directions of its domains (see _learn).
+        U, sv, Vt = np.linalg.svd(self._X_c, full_matrices=False)
+        keep = sv > 1e-10 * max(float(sv[0]), 1e-300)
+        self._Qx, self._Xq, self._sx = Vt[keep].T, U[:, keep] * sv[keep], float(sv[0])
         if self.n_components is None:
             self.n_components_ = fit_source_pls(X, y, self.max_components, self.random_state).n_components_.copy()
         else:
@@ -210,21 +187,25 @@ class _DomainInvariantPLS(TransferMethod):
         domains = self._domains(Xs, Xt, X_u)
         # One basis for every fit of this transfer (all CV folds, all properties): the
         # fold-wise centred calibration rows and the domains all lie in this row space.
-        Q = row_space_basis(self._X_c, *_arrays(domains))
-        Xq = self._X_c @ Q
+        # The calibration's part comes from fit; only the domains' new directions are added.
+        extra = extend_basis(self._Qx, np.vstack(_arrays(domains)), self._sx)
+        Q = np.hstack([self._Qx, extra])
+        Xq = np.hstack([self._Xq, np.zeros((self._Xq.shape[0], extra.shape[1]))])  # X_c is orthogonal to `extra`
         dq = _map_arrays(domains, lambda a: a @ Q)
         k = self.n_properties_
         self.coef_ = np.zeros((self.n_channels_, k))
         self.l_ = np.zeros(k)
         self.l_abs_ = np.zeros(k)
+        d = self._discrepancy_norm(dq)
         for j in range(k):
             y_c = self._y_c[:, j]
-            a = self._n_components(j, domains)
-            scale = self._l_scale(dq, y_c)
+            a = max(1, min(self._n_components(j, domains), Xq.shape[0] - 1, Xq.shape[1]))
+            scale = float(y_c @ y_c) / d if d > 0 else 0.0
             rel = float(self.l) if self.l is not None else self._select_l(Xq, dq, y_c, a, scale)
             self.l_[j] = rel
             self.l_abs_[j] = rel * scale
-            self.coef_[:, j] = Q @ self._vector(Xq, y_c, dq, a, rel * scale)
+            b = self._fit(Xq[None], y_c[None], dq, a, np.array([rel * scale]))
+            self.coef_[:, j] = Q @ b[0]
 
     def _n_components(self, j: int, domains: Any) -> int:
         return int(self.n_components_[j])
@@ -236,7 +217,9 @@ class _DomainInvariantPLS(TransferMethod):
         whole. A positive l trades source fit for invariance, so the rule keeps as much
         invariance as costs at most 5 % of source accuracy. The grid is walked from the
         largest value down and stops at the first acceptable one. Test spectra are never
-        used; target spectra only as the unlabelled domain the method sees anyway.
+        used; target spectra only as the unlabelled domain the method sees anyway. The
+        folds of one l value are fitted together (one batched fit), and l = 0 with the
+        largest value.
         """
         if scale <= 0:
             return 0.0
@@ -244,22 +227,37 @@ class _DomainInvariantPLS(TransferMethod):
         rng = np.random.default_rng(self.random_state)
         order = rng.permutation(n)
         folds = [order[i::L_CV_FOLDS] for i in range(min(L_CV_FOLDS, n))]
-        splits = []
+        by_count: dict[int, list[tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray]]] = {}
         for test in folds:
             train = np.setdiff1d(np.arange(n), test)
             xm, ym = X_c[train].mean(axis=0), y_c[train].mean()
-            splits.append((train, test, xm, ym, max(1, min(n_components, len(train) - 1))))
+            a = max(1, min(n_components, len(train) - 1))
+            by_count.setdefault(a, []).append((X_c[train] - xm, y_c[train] - ym, ym, X_c[test] - xm, y_c[test]))
 
-        def press(rel: float) -> float:
-            total = 0.0
-            for train, test, xm, ym, a in splits:
-                b = self._vector(X_c[train] - xm, y_c[train] - ym, domains, a, rel * scale)
-                total += float((((X_c[test] - xm) @ b + ym - y_c[test]) ** 2).sum())
-            return total
+        def press(rels: list[float]) -> list[float]:
+            total = np.zeros(len(rels))
+            for a, splits in by_count.items():
+                rows = max(len(s[1]) for s in splits)
+                Xb = np.zeros((len(rels), len(splits), rows, X_c.shape[1]))
+                yb = np.zeros((len(rels), len(splits), rows))
+                for f, (Xf, yf, _, _, _) in enumerate(splits):
+                    Xb[:, f, : len(yf)] = Xf
+                    yb[:, f, : len(yf)] = yf
+                l_abs = np.repeat(np.asarray(rels, dtype=float) * scale, len(splits))
+                b = self._fit(Xb.reshape(-1, rows, X_c.shape[1]), yb.reshape(-1, rows), domains, a, l_abs)
+                b = b.reshape(len(rels), len(splits), -1)
+                for f, (_, _, ym, Xtest, ytest) in enumerate(splits):
+                    total += (((Xtest @ b[:, f].T) + ym - ytest[:, None]) ** 2).sum(axis=0)
+            return [float(v) for v in total]
 
-        limit = (1.0 + L_TOLERANCE) ** 2 * press(0.0)
-        for rel in sorted(L_GRID, reverse=True):
-            if rel == 0.0 or press(rel) <= limit:
+        grid = sorted(L_GRID, reverse=True)
+        top = grid[0]
+        p0, p_top = press([0.0, top]) if top > 0 else (press([0.0])[0], None)
+        limit = (1.0 + L_TOLERANCE) ** 2 * p0
+        for rel in grid:
+            if rel == 0.0:
+                return 0.0
+            if (p_top if rel == top else press([rel])[0]) <= limit:
                 return float(rel)
         return 0.0
 
@@ -280,14 +278,17 @@ class _DomainInvariantPLS(TransferMethod):
         xs = Xs if self.source_domain == "standards" else self._X_c
         return xs - xs.mean(axis=0), Xt - Xt.mean(axis=0)
 
-    def _l_scale(self, domains: Any, y_c: np.ndarray) -> float:
-        xs_c, xt_c = domains
-        d = _relaxed_discrepancy_norm(xs_c, xt_c)
-        return float(y_c @ y_c) / d if d > 0 else 0.0
+    _mode = "dipls"
 
-    def _vector(self, X_c: np.ndarray, y_c: np.ndarray, domains: Any, n_components: int, l_abs: float) -> np.ndarray:
-        xs_c, xt_c = domains
-        return fit_dipls_vector(X_c, y_c, xs_c, xt_c, n_components, l_abs)
+    def _discrepancy_norm(self, domains: Any) -> float:
+        """||D||_2 of the first latent variable's discrepancy matrix (the unit of the relative l)."""
+        xs_c, xts = _core_domains(domains, self._mode)
+        return relaxed_discrepancy_norm(xs_c, xts)
+
+    def _fit(self, X: np.ndarray, y: np.ndarray, domains: Any, n_components: int, l_abs: np.ndarray) -> np.ndarray:
+        """Regression vectors (B, m) of a batch of centred calibrations X (B, n, m), y (B, n)."""
+        xs_c, xts = _core_domains(domains, self._mode)
+        return fit_batch(X, y, n_components, l_abs, xs_c, xts, self._mode)
 
     @classmethod
     def search_space(cls, trial: Any) -> dict[str, Any]:
@@ -403,9 +404,7 @@ class MDIPLS(_DomainInvariantPLS):
         rank = min(x.shape[0] - 1 for x in domains[1])
         return max(1, min(int(self.n_components_[j]), rank))
 
-    def _vector(self, X_c: np.ndarray, y_c: np.ndarray, domains: Any, n_components: int, l_abs: float) -> np.ndarray:
-        xs_c, xt_list = domains
-        return fit_dipls_vector(X_c, y_c, xs_c, [x.copy() for x in xt_list], n_components, l_abs, multi_domain=True)
+    _mode = "mdipls"
 
 
 class GCTPLS(_DomainInvariantPLS):
@@ -426,13 +425,11 @@ class GCTPLS(_DomainInvariantPLS):
     def _domains(self, Xs: np.ndarray, Xt: np.ndarray, X_u: np.ndarray | None) -> Any:
         return Xs - Xt
 
-    def _l_scale(self, domains: Any, y_c: np.ndarray) -> float:
-        s = np.linalg.svd(domains, compute_uv=False)
-        d = float(s[0] ** 2) / domains.shape[0] if s.size else 0.0
-        return float(y_c @ y_c) / d if d > 0 else 0.0
+    _mode = "gct"
 
-    def _vector(self, X_c: np.ndarray, y_c: np.ndarray, domains: Any, n_components: int, l_abs: float) -> np.ndarray:
-        return fit_gct_vector(X_c, y_c, domains, n_components, l_abs)
+    def _discrepancy_norm(self, domains: Any) -> float:
+        s = np.linalg.svd(domains, compute_uv=False)
+        return float(s[0] ** 2) / domains.shape[0] if s.size else 0.0
 
 
 for _cls, _sd in ((DIPLS, "standards"), (DIPLSTransductive, "calibration"), (MDIPLS, "standards"), (GCTPLS, "standards")):

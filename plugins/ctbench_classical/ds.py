@@ -87,6 +87,37 @@ class DS(SpectralStandardization):
             maps.append((target_mean, source_mean, Vt[keep].T * f[keep], UtS[keep]))
         return maps
 
+    def _loo_errors(
+        self, Xs: np.ndarray, Xt: np.ndarray, candidates: list[dict[str, Any]], folds: list[np.ndarray]
+    ) -> np.ndarray:
+        """Held-out errors of every rank / alpha from one SVD per fold of an n x n matrix.
+
+        Only ``F @ coef`` enters the error, and ``U^T (X_src - m_s) coef`` is the centred source
+        predictions seen by the SVD's left vectors, so each fold is a principal-component
+        regression of the standards' source predictions on their target spectra: every
+        candidate's held-out prediction is ``z diag(f) U^T (Y_s - mean)`` with the fold's
+        filter factors f. The target spectra enter through their coordinates in their own
+        row space (n numbers per spectrum instead of p), which is an exact rotation.
+        """
+        n = Xs.shape[0]
+        Ys = Xs @ self.source_model_.coef_  # (n, k): source-model view of the source spectra
+        Ut, st, _ = np.linalg.svd(Xt, full_matrices=False)
+        L = Ut * st  # Xt = L V^T with orthonormal V
+        ranks = np.array([c.get("n_components", 0) for c in candidates])[:, None]
+        alphas = np.array([c.get("alpha", 0.0) for c in candidates])[:, None]
+        err = np.zeros((len(candidates), n, Ys.shape[1]))
+        for rows in folds:
+            keep = np.ones(n, dtype=bool)
+            keep[rows] = False
+            mt = L[keep].mean(axis=0)
+            ym = Ys[keep].mean(axis=0)
+            U, s, Vh = np.linalg.svd(L[keep] - mt, full_matrices=False)
+            f = svd_filter(s[None, :], self.regularization, ranks, alphas)  # (candidates, K)
+            z = (L[rows] - mt) @ Vh.T  # (g, K)
+            g = U.T @ (Ys[keep] - ym)  # (K, k)
+            err[:, rows] = np.einsum("gK,cK,Kk->cgk", z, f, g) + (ym - Ys[rows])
+        return err
+
     def _apply_map(self, state: Any, X_target: np.ndarray) -> np.ndarray:
         target_mean, source_mean, left, right = state
         return ((X_target - target_mean) @ left) @ right + source_mean

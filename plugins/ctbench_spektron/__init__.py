@@ -2,7 +2,9 @@
 
 Importing this package is cheap (no torch): the network, pretraining and corpus code live in
 submodules that import torch when used. Registered through the ``ctbench`` entry-point group:
-the ``spektron`` method (``ctbench run --method spektron``) and its pretraining corpora
+the ``spektron`` method (``ctbench run --method spektron``), its variants ``spektron-ttt``
+(zero-shot, transductive), ``spektron-nopretrain``, ``spektron-fullft`` and ``spektron-pds``
+(ablations), and its pretraining corpora
 (``ctbench pretrain --method spektron --corpus rruff,fermentation,synthetic``).
 """
 
@@ -15,9 +17,9 @@ __version__ = "0.1.0"
 
 @hookimpl
 def ctbench_register_methods() -> list:
-    from .method import Spektron
+    from .method import METHODS
 
-    return [Spektron]
+    return list(METHODS)
 
 
 @hookimpl

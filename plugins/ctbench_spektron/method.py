@@ -1,36 +1,47 @@
-"""The ``spektron`` calibration-transfer method: a frozen pretrained backbone + linear heads.
+"""The Spektron calibration-transfer methods: a pretrained backbone, a ridge head, LoRA transfer.
 
-fit:       each source spectrum is resampled to the model grid over its own axis and embedded by
-           the frozen backbone (z_chem mean + mean-pooled token states); a PLS (or ridge) head is
-           fitted on the embeddings, optionally together with the raw spectra (block-scaled).
-transfer:  with the N paired standards, a ridge-regularised affine map moves target features
-           toward their source partners (offset + low-rank linear part, dual form since N is
-           small), then a bias correction on y from the standards' residuals.
-predict:   target spectra -> features -> corrected -> head (+ bias): (n, k).
+fit        source spectra -> backbone -> readout features (token states of one stage + two
+           intensity statistics) -> ridge head (penalty per property by grouped 5-fold CV). The
+           readout stage (``readout="auto"``: each Mamba / Transformer stage and the final norm)
+           and how much of the backbone to unfreeze (``unfreeze="auto"``: head only, or the last
+           block fine-tuned with the head) are chosen on validation splits of the source calibration.
+transfer   LoRA adapters on the last ``adapt_blocks`` stages before the readout (Mamba: in_proj,
+           x_proj, out_proj; Transformer: attention qkv, out), trained with the N standards:
+           regression loss on their target spectra + alignment of their target features to their
+           source features; plus an affine correction of the statistics and the head's bias. The
+           adapters are merged into copies of those stages; the shared backbone is never modified.
+           Split-conformal intervals are calibrated by K-fold cross-validation over the standards.
+predict    target spectra -> adapted backbone -> head: (n, k); ``predict_interval`` gives the
+           90 % intervals (``interval_alpha``).
 
-LoRA adapters and test-time training come in a later version (issue 8). torch is imported
+Variants (their own method names, for ablations): ``spektron-ttt`` (zero-shot / transductive:
+test-time training on the unlabelled target spectra), ``spektron-nopretrain`` (random
+initialisation), ``spektron-fullft`` (full fine-tuning of the adapted stages instead of LoRA),
+``spektron-pds`` (PDS correction first, the network learns what is left). torch is imported
 only inside methods, so listing methods stays instant.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from ctbench.method import SourceData, Standards, Tags, TransferMethod
 
-_MODEL_CACHE: dict[tuple[str, float], Any] = {}
+_MODEL_CACHE: dict[tuple, Any] = {}
 _LOCK = threading.Lock()
-
 
 AUTO_PRETRAIN: dict[str, Any] = {"size": "small", "steps": 150, "batch_size": 16, "num_threads": 1,
                                  "checkpoint_every": 50, "mlflow": False}
 """Settings of the one-off pretraining when no committed weights exist (about 2-4 min on 2 CPU cores)."""
 AUTO_CORPUS = "rruff,fermentation,synthetic"
+READOUTS = ("auto", "embed", "moe", "final")
 
 
 def default_weights(progress: bool = True) -> Path:
@@ -64,191 +75,534 @@ def default_weights(progress: bool = True) -> Path:
     return auto
 
 
-def load_backbone(path: str | Path | None):
-    """The frozen model for a weights path (None: the default), cached per process."""
+def load_backbone(path: str | Path | None, pretrained: bool = True, seed: int = 0):
+    """The frozen model for a weights path (None: the default), cached per process.
+
+    ``pretrained=False``: the same architecture, randomly initialised from ``seed`` (ablation)."""
     from .checkpoint import load_model
 
     p = Path(path) if path else default_weights()
-    key = (str(p.resolve()), p.stat().st_mtime if p.exists() else 0.0)
+    key = (str(p.resolve()), p.stat().st_mtime if p.exists() else 0.0, bool(pretrained), int(seed) if not pretrained else 0)
     with _LOCK:
         if key not in _MODEL_CACHE:
-            _MODEL_CACHE[key] = load_model(p)[0]
+            model = load_model(p)[0]
+            if not pretrained:
+                import torch
+
+                from .model import SpektronModel
+
+                state = torch.random.get_rng_state()
+                torch.manual_seed(int(seed) % (2**63))
+                model = SpektronModel(model.cfg).eval()
+                torch.random.set_rng_state(state)
+                for q in model.parameters():
+                    q.requires_grad_(False)
+            _MODEL_CACHE[key] = model
         return _MODEL_CACHE[key]
 
 
-def embed_spectra(model, X: np.ndarray, axis: np.ndarray, unit: str, domain: str = "auto",
-                  batch_size: int = 128) -> np.ndarray:
-    """Backbone features (n, z_chem + d_model) of spectra X (n, p) on ``axis`` (``unit``)."""
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch CPU threads (0: leave as is), restoring the previous count."""
     import torch
 
-    from .grid import domain_index, guess_domain, resample_to_grid
-    from .model import model_inputs
-
-    cfg = model.cfg
-    grid, lo, hi = resample_to_grid(np.asarray(X, dtype=float), np.asarray(axis, dtype=float), cfg.grid_points)
-    dom = domain_index(guess_domain(lo, hi, unit) if domain == "auto" else domain)
-    n = grid.shape[0]
-    feats = []
-    with torch.inference_mode():
-        for start in range(0, n, batch_size):
-            part = grid[start:start + batch_size]
-            m = part.shape[0]
-            inp = model_inputs(part, np.full(m, lo), np.full(m, hi), unit, np.full(m, dom), cfg)
-            h, _ = model.encode_tokens(**inp)
-            stats = model.bottleneck_stats(h)
-            feats.append(torch.cat([stats["mu_chem"], h[:, 2:].float().mean(1)], dim=-1).numpy())
-    return np.concatenate(feats).astype(float)
+    before = torch.get_num_threads()
+    if n and n != before:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
-def _affine_correction(F_t: np.ndarray, F_s: np.ndarray, strength: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mean_t, offset, W) so that F_t -> F_t + offset + (F_t - mean_t) @ W approximates F_s.
-
-    W is the ridge solution in dual form W = C^T (C C^T + lam I)^-1 R with C the centred target
-    features and R the centred residuals; lam = strength * trace(C C^T) / N."""
-    mean_t = F_t.mean(0)
-    offset = (F_s - F_t).mean(0)
-    C = F_t - mean_t
-    R = (F_s - F_t) - offset
-    n = C.shape[0]
-    K = C @ C.T
-    lam = strength * max(np.trace(K) / max(n, 1), 1e-12)
-    W = C.T @ np.linalg.solve(K + lam * np.eye(n), R)
-    return mean_t, offset, W
+def _as_2d(y: Any) -> np.ndarray:
+    y = np.array(y, dtype=float, copy=True)
+    return y[:, None] if y.ndim == 1 else y
 
 
 class Spektron(TransferMethod):
-    """Spektron foundation model, frozen, with linear heads and a feature-space standards correction."""
+    """Spektron: pretrained wavelet-Mamba-MoE-Transformer backbone, ridge head, LoRA transfer."""
 
     name = "spektron"
-    version = "1"
+    version = "2"
     tags = Tags(min_shots=2, multi_target=True)
-    description = "Spektron (wavelet-Mamba-MoE-Transformer, self-supervised) embeddings + PLS head, standards-based feature correction"
+    description = ("Spektron foundation model: token-level ridge head on the pretrained backbone, LoRA transfer "
+                   "with the standards (regression + source/target alignment), MC-dropout + conformal intervals")
 
-    def __init__(self, checkpoint: str | None = None, features: str = "embedding+raw", head: str = "pls",
-                 max_components: int = 15, ridge_alpha: float | None = None, correction: str = "linear",
-                 correction_strength: float = 1.0, y_bias: bool = True, domain: str = "auto", random_state: int = 0):
+    def __init__(self, checkpoint: str | None = None, pretrained: bool = True, readout: str = "auto",
+                 unfreeze: str = "auto", adapter: str = "lora", adapt_blocks: int = 2, lora_rank: int = 4,
+                 lora_alpha: float | None = None, transfer_steps: int = 80, lr: float = 3e-3,
+                 align_weight: float = 1.0, ttt_steps: int = 0, recon_weight: float = 1.0,
+                 moments_weight: float = 1.0, pds_first: bool = False, stats_weight: float = 1.0,
+                 mc_dropout: float = 0.1, mc_samples: int = 32, interval_alpha: float = 0.1,
+                 conformal: str = "standards_cv", conformal_folds: int = 5, finetune_steps: int = 60,
+                 head_refit: float = 0.0, domain: str = "auto", threads: int = 1, random_state: int = 0):
         self.checkpoint = checkpoint
-        self.features = features
-        self.head = head
-        self.max_components = max_components
-        self.ridge_alpha = ridge_alpha
-        self.correction = correction
-        self.correction_strength = correction_strength
-        self.y_bias = y_bias
+        self.pretrained = pretrained
+        self.readout = readout
+        self.unfreeze = unfreeze
+        self.adapter = adapter
+        self.adapt_blocks = adapt_blocks
+        self.lora_rank = lora_rank
+        self.lora_alpha = lora_alpha
+        self.transfer_steps = transfer_steps
+        self.lr = lr
+        self.align_weight = align_weight
+        self.ttt_steps = ttt_steps
+        self.recon_weight = recon_weight
+        self.moments_weight = moments_weight
+        self.pds_first = pds_first
+        self.stats_weight = stats_weight
+        self.mc_dropout = mc_dropout
+        self.mc_samples = mc_samples
+        self.interval_alpha = interval_alpha
+        self.conformal = conformal
+        self.conformal_folds = conformal_folds
+        self.finetune_steps = finetune_steps
+        self.head_refit = head_refit
         self.domain = domain
+        self.threads = threads
         self.random_state = random_state
+
+    # --- pickling: the per-instance caches (adapted modules, last predictions) are rebuilt on demand
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_cache", None)
+        return state
 
     # --- helpers ---
     def _check_params(self) -> None:
-        if self.features not in ("embedding", "embedding+raw"):
-            raise ValueError(f"spektron: features must be 'embedding' or 'embedding+raw', got {self.features!r}")
-        if self.head not in ("pls", "ridge"):
-            raise ValueError(f"spektron: head must be 'pls' or 'ridge', got {self.head!r}")
-        if self.correction not in ("linear", "offset", "none"):
-            raise ValueError(f"spektron: correction must be 'linear', 'offset' or 'none', got {self.correction!r}")
+        if self.unfreeze not in ("auto", "head", "last"):
+            raise ValueError(f"{self.name}: unfreeze must be 'auto', 'head' or 'last', got {self.unfreeze!r}")
+        if self.adapter not in ("lora", "full"):
+            raise ValueError(f"{self.name}: adapter must be 'lora' or 'full', got {self.adapter!r}")
+        if self.conformal not in ("standards_cv", "source_cv", "none"):
+            raise ValueError(f"{self.name}: conformal must be 'standards_cv', 'source_cv' or 'none', got {self.conformal!r}")
+        if int(self.lora_rank) < 1:
+            raise ValueError(f"{self.name}: lora_rank must be >= 1, got {self.lora_rank}")
+        if not 0 < float(self.interval_alpha) < 1:
+            raise ValueError(f"{self.name}: interval_alpha must be in (0, 1), got {self.interval_alpha}")
+        if not 0 <= float(self.mc_dropout) < 1:
+            raise ValueError(f"{self.name}: mc_dropout must be in [0, 1), got {self.mc_dropout}")
 
-    def _embed(self, X: np.ndarray, axis: np.ndarray, unit: str) -> np.ndarray:
-        import torch
+    def _model(self):
+        return load_backbone(self.checkpoint, bool(self.pretrained), self.random_state)
 
-        torch.manual_seed(self.random_state)
-        return embed_spectra(load_backbone(self.checkpoint), X, axis, unit, self.domain)
+    def _cached(self) -> dict[str, Any]:
+        if getattr(self, "_cache", None) is None:
+            self._cache = {}
+        return self._cache
 
-    def _blocks(self, E: np.ndarray, X: np.ndarray) -> np.ndarray:
-        """Block-scaled feature matrix: each block (embedding, raw) has unit total variance."""
-        Fe = (E - self.e_mean_) / self.e_scale_
-        if self.features == "embedding":
-            return Fe
-        Fx = (X - self.x_mean_) / self.x_scale_
-        return np.hstack([Fe, Fx])
+    def _grid(self, model: Any, X: np.ndarray, axis: np.ndarray, unit: str):
+        from .readout import to_grid
 
-    def _head_predict(self, F: np.ndarray) -> np.ndarray:
-        if self.head == "pls":
-            return F @ self.coef_ + self.intercept_
-        return self.ridge_.predict(F).reshape(F.shape[0], -1)
+        return to_grid(model, X, axis, unit, self.domain)
 
-    def _correct(self, E: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if not getattr(self, "transferred_", False) or self.correction == "none":
-            return E, X
-        E = E + self.e_offset_ + ((E - self.e_tmean_) @ self.e_W_ if self.e_W_ is not None else 0.0)
-        X = X + self.x_offset_ + ((X - self.x_tmean_) @ self.x_W_ if self.x_W_ is not None else 0.0)
-        return E, X
+    def _modules(self, model: Any, states: dict[str, dict[str, Any]] | None, key: str) -> dict[str, Any]:
+        """Stage overrides built from stored state dicts (cached per instance)."""
+        from .readout import stage_module
 
-    # --- the contract ---
+        cache = self._cached()
+        if key not in cache:
+            out = {}
+            for name, state in (states or {}).items():
+                mod = copy.deepcopy(stage_module(model, name))
+                mod.load_state_dict(state)
+                mod.eval()
+                out[name] = mod
+            cache[key] = out
+        return cache[key]
+
+    def _base_overrides(self, model: Any) -> dict[str, Any]:
+        return self._modules(model, getattr(self, "fit_states_", None), "fit")
+
+    def _overrides(self, model: Any) -> dict[str, Any]:
+        base = self._base_overrides(model)
+        if not getattr(self, "transferred_", False):
+            return base
+        return {**base, **self._modules(model, self.adapted_states_, "adapted")}
+
+    def _settings(self, steps: int):
+        from .adapt import AdapterSettings
+
+        rank = int(self.lora_rank)
+        return AdapterSettings(kind=self.adapter, rank=rank, alpha=float(self.lora_alpha or 2 * rank), steps=int(steps),
+                               lr=float(self.lr) if self.adapter == "lora" else float(self.lr) / 10,
+                               align_weight=float(self.align_weight), recon_weight=float(self.recon_weight),
+                               moments_weight=float(self.moments_weight))
+
+    def _features(self, model: Any, X: np.ndarray, overrides: dict[str, Any], stats_affine: bool) -> np.ndarray:
+        """Scaled readout features (n, D + 2) of spectra X on the transfer axis."""
+        from .readout import forward_all
+
+        gs = self._grid(model, X, self.axis_, self.axis_unit_)
+        Z = forward_all(model, gs, self.readout_, overrides=overrides)[self.readout_]
+        F = self.scaling_.apply(Z, gs.stats)
+        if stats_affine and getattr(self, "transferred_", False):
+            F[:, -2:] = F[:, -2:] * self.stats_scale_ + self.stats_shift_
+        return F
+
+    def _head(self, F: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (F @ W + b) * self.y_scale_
+
+    # --- fit ---
     def fit(self, source: SourceData) -> Spektron:
         self._check_params()
+        with torch_threads(self.threads):
+            return self._fit(source)
+
+    def _fit(self, source: SourceData) -> Spektron:
+        import torch
+
+        from .readout import FeatureScaling, forward_all, group_folds, hidden_until, ridge_cv, ridge_solution, stage_names
+        from .uncertainty import mc_dropout_spread
+
         X = np.array(source.X, dtype=float, copy=True)
-        y = np.array(source.y, dtype=float, copy=True)
-        y = y[:, None] if y.ndim == 1 else y
+        y = _as_2d(source.y)
+        if X.ndim != 2 or X.shape[0] != y.shape[0] or X.shape[0] < 4:
+            raise ValueError(f"{self.name}: need a source calibration of at least 4 spectra with values, got X {X.shape}, y {y.shape}")
         self.axis_ = np.array(source.axis, dtype=float, copy=True)
         self.axis_unit_ = source.axis_unit
-        E = self._embed(X, self.axis_, self.axis_unit_)
-        self.e_mean_, self.x_mean_ = E.mean(0), X.mean(0)
-        self.e_scale_ = max(float(np.sqrt(((E - self.e_mean_) ** 2).sum(1).mean())), 1e-12)
-        self.x_scale_ = max(float(np.sqrt(((X - self.x_mean_) ** 2).sum(1).mean())), 1e-12)
-        F = self._blocks(E, X)
-        if self.head == "pls":
-            from ctbench.pls import PLSCalibration
-
-            pls = PLSCalibration(max_components=self.max_components, random_state=self.random_state).fit(F, y)
-            self.coef_, self.intercept_ = pls.coef_, pls.intercept_
-            self.n_components_ = pls.n_components_
-        else:
-            from sklearn.linear_model import Ridge, RidgeCV
-
-            self.ridge_ = (Ridge(alpha=self.ridge_alpha) if self.ridge_alpha is not None
-                           else RidgeCV(alphas=np.logspace(-4, 3, 15))).fit(F, y)
         self.n_targets_ = y.shape[1]
+        self._cache = {}
+        self.fit_states_ = {}
+        if self.pds_first:
+            from ctbench_classical import PDS
+
+            self.pds_ = PDS(random_state=self.random_state).fit(source)
+        model = self._model()
+        names = stage_names(model)
+        if self.readout == "auto":
+            candidates = [s for s in names if s.startswith("mamba") or s.startswith("tf")]
+            candidates = [s for s in candidates if s != f"tf{model.cfg.n_transformer}"] + ["final"]
+        elif self.readout in names:
+            candidates = [self.readout]
+        else:
+            raise ValueError(f"{self.name}: readout must be 'auto' or a stage ({', '.join(names)}), got {self.readout!r}")
+        gs = self._grid(model, X, self.axis_, self.axis_unit_)
+        last = max(candidates, key=names.index)
+        feats = forward_all(model, gs, last)
+        sd = y.std(0)
+        self.y_scale_ = np.where(sd > 0, sd, 1.0)
+        ys = y / self.y_scale_
+        folds = group_folds(X.shape[0], source.groups, 5, self.random_state)
+        scores = {}
+        for cand in candidates:
+            sc = FeatureScaling.fit(feats[cand], gs.stats, float(self.stats_weight))
+            scores[cand] = (sc, ridge_cv(sc.apply(feats[cand], gs.stats), ys, folds))
+        self.readout_scores_ = {k: round(v[1].score, 5) for k, v in scores.items()}
+        self.readout_ = min(candidates, key=lambda c: scores[c][1].score)
+        self.scaling_, cv = scores[self.readout_]
+        Z = feats[self.readout_]
+        F = self.scaling_.apply(Z, gs.stats)
+        self.penalty_ = cv.penalty
+        W, b = ridge_solution(F, ys, self.penalty_)
+        del feats
+        # how much of the backbone to unfreeze: head only, or the last block with the head (holdout)
+        self.unfreeze_ = "head" if self.unfreeze == "auto" and int(self.finetune_steps) <= 0 else self.unfreeze
+        self.unfreeze_scores_ = None
+        if self.unfreeze in ("auto", "last") and int(self.finetune_steps) > 0:
+            from .adapt import adapted_stage_names, finetune_last_stage
+
+            stage = adapted_stage_names(model, self.readout_, 1)
+            if not stage:
+                self.unfreeze_ = "head"
+            else:
+                before = names[names.index(stage[0]) - 1]
+                h_pre = hidden_until(model, gs, before)
+                ys_t = torch.as_tensor(ys, dtype=torch.float32)
+                eig_mean = self._kernel_eig_mean(F)
+                if self.unfreeze == "auto":
+                    val = folds[0]
+                    tr = np.setdiff1d(np.arange(X.shape[0]), val)
+                    eig_tr = self._kernel_eig_mean(F[tr])
+                    W_tr, b_tr = ridge_solution(F[tr], ys[tr], self.penalty_)
+                    head_err = np.sqrt(((F[val] @ W_tr + b_tr - ys[val]) ** 2).mean(0)).mean()
+                    st, W_ft, b_ft = finetune_last_stage(model, self.readout_, self.scaling_, h_pre[tr], gs.stats[tr],
+                                                         ys_t[tr], W_tr, b_tr, self.penalty_ * eig_tr,
+                                                         int(self.finetune_steps), 3e-4, self.random_state)
+                    F_val = self._features_with(model, gs, val, self._states_to_modules(model, st))
+                    ft_err = np.sqrt(((F_val @ W_ft + b_ft - ys[val]) ** 2).mean(0)).mean()
+                    self.unfreeze_scores_ = {"head": float(head_err), "last": float(ft_err)}
+                    self.unfreeze_ = "last" if ft_err < head_err else "head"
+                if self.unfreeze_ == "last":
+                    st, W, b = finetune_last_stage(model, self.readout_, self.scaling_, h_pre, gs.stats, ys_t, W, b,
+                                                   self.penalty_ * eig_mean, int(self.finetune_steps), 3e-4,
+                                                   self.random_state)
+                    self.fit_states_ = st
+                    self._cache = {}
+                    F = self._features_with(model, gs, np.arange(X.shape[0]), self._base_overrides(model))
+        self.head_W_, self.head_b_ = W.astype(np.float32), b.astype(float)
+        self.source_W_, self.source_b_ = self.head_W_, self.head_b_
+        self.source_feature_mean_ = F.mean(0).astype(np.float32)
+        self.eig_mean_ = self._kernel_eig_mean(F)
+        self.source_features_ = F.astype(np.float32)
+        self.source_ys_ = ys
+        # conformal scores on held-out source calibration (out-of-fold ridge predictions)
+        sd_src = mc_dropout_spread(F, self.head_W_, float(self.mc_dropout), int(self.mc_samples), self.random_state)
+        self.source_spread_median_ = np.median(sd_src, axis=0) if sd_src.size else np.ones(self.n_targets_)
+        self.source_scores_ = self._scores(cv.oof, ys, sd_src)
         self.transferred_ = False
-        self.bias_ = np.zeros(self.n_targets_)
+        self.stats_scale_ = np.ones(2)
+        self.stats_shift_ = np.zeros(2)
+        self.bias_delta_ = np.zeros(self.n_targets_)
+        self.conformal_q_ = None
         return self
+
+    @staticmethod
+    def _kernel_eig_mean(F: np.ndarray) -> float:
+        A = F - F.mean(0)
+        return float(max((A * A).sum() / max(A.shape[0], 1), 1e-12))
+
+    def _states_to_modules(self, model: Any, states: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        from .readout import stage_module
+
+        out = {}
+        for name, state in states.items():
+            mod = copy.deepcopy(stage_module(model, name))
+            mod.load_state_dict(state)
+            out[name] = mod.eval()
+        return out
+
+    def _features_with(self, model: Any, gs: Any, rows: np.ndarray, overrides: dict[str, Any]) -> np.ndarray:
+        from .readout import GridSpectra, forward_all
+
+        part = GridSpectra({k: v[rows] for k, v in gs.inputs.items()}, gs.stats[rows], gs.grid[rows])
+        Z = forward_all(model, part, self.readout_, overrides=overrides)[self.readout_]
+        return self.scaling_.apply(Z, part.stats)
+
+    def _scores(self, pred_scaled: np.ndarray, ys: np.ndarray, spread: np.ndarray) -> np.ndarray:
+        from .uncertainty import floor_spread
+
+        sd = floor_spread(spread, self.source_spread_median_[None, :] * np.ones_like(spread))
+        return np.abs(ys - pred_scaled) / sd
+
+    # --- transfer ---
+    def _target_spectra(self, X: np.ndarray) -> np.ndarray:
+        if self.pds_first and getattr(self, "pds_transferred_", False):
+            return self.pds_.transform_target(X)
+        return X
 
     def transfer(self, standards: Standards, unlabelled: np.ndarray | None = None) -> Spektron:
-        if not hasattr(self, "e_mean_"):
-            raise RuntimeError("spektron: call fit() before transfer()")
+        if not hasattr(self, "head_W_"):
+            raise RuntimeError(f"{self.name}: call fit() before transfer()")
         self._check_params()
+        with torch_threads(self.threads):
+            return self._transfer(standards, unlabelled)
+
+    def _adapter_task(self, model: Any, stages: list[str], Xs: np.ndarray, Xt: np.ndarray, ys: np.ndarray,
+                      X_unl: np.ndarray | None):
+        import torch
+
+        from .adapt import AdapterTask, path_after
+        from .readout import forward_all, hidden_until
+
+        base = self._base_overrides(model)
+        prefix, _ = path_after(model, stages[0] if stages else None, self.readout_)
+        task = AdapterTask(source_feature_mean=torch.as_tensor(self.source_feature_mean_))
+        if Xt.shape[0]:
+            gs_t = self._grid(model, Xt, self.axis_, self.axis_unit_)
+            gs_s = self._grid(model, Xs, self.axis_, self.axis_unit_)
+            last_prefix = prefix[-1] if prefix else "embed"
+            task.h_prefix = hidden_until(model, gs_t, last_prefix, overrides=base)
+            task.stats_target = torch.as_tensor(self.scaling_.stats(gs_t.stats), dtype=torch.float32)
+            Zs = forward_all(model, gs_s, self.readout_, overrides=base)[self.readout_]
+            task.f_source = torch.as_tensor(self.scaling_.apply(Zs, gs_s.stats), dtype=torch.float32)
+            task.y = torch.as_tensor(ys, dtype=torch.float32)
+        if X_unl is not None and X_unl.shape[0]:
+            task.unlabelled = self._grid(model, X_unl, self.axis_, self.axis_unit_)
+        return task
+
+    def _train(self, model: Any, Xs: np.ndarray, Xt: np.ndarray, ys: np.ndarray, X_unl: np.ndarray | None, seed: int):
+        from .adapt import adapted_stage_names, train_adapter
+
+        stages = adapted_stage_names(model, self.readout_, int(self.adapt_blocks))
+        ttt = X_unl is not None and int(self.ttt_steps) > 0
+        steps = max(int(self.transfer_steps) if Xt.shape[0] else 0, int(self.ttt_steps) if ttt else 0)
+        task = self._adapter_task(model, stages, Xs, Xt, ys, X_unl if ttt else None)
+        import torch
+
+        W = torch.as_tensor(self.source_W_)
+        b = torch.as_tensor(self.source_b_, dtype=torch.float32)
+        return train_adapter(model, self.readout_, stages, self._base_overrides(model), self.scaling_, W, b, task,
+                             self._settings(steps), self.n_targets_, seed)
+
+    def _refit_head(self, model: Any, res: Any, Xt: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(W, b, bias_delta) of the head after an adapter training: the trained bias, or with
+        ``head_refit`` > 0 a ridge refit on the source calibration plus the standards' adapted
+        target features (each standard weighted ``head_refit``)."""
+        if float(self.head_refit) <= 0 or Xt.shape[0] == 0:
+            return self.source_W_, self.source_b_, res.bias_delta
+        from .readout import forward_all, weighted_ridge_solution
+
+        mods = {**self._base_overrides(model), **self._states_to_modules(model, res.states)}
+        gs = self._grid(model, Xt, self.axis_, self.axis_unit_)
+        Z = forward_all(model, gs, self.readout_, overrides=mods)[self.readout_]
+        Ft = self.scaling_.apply(Z, gs.stats)
+        Ft[:, -2:] = Ft[:, -2:] * res.stats_scale + res.stats_shift
+        F = np.vstack([self.source_features_, Ft])
+        w = np.concatenate([np.ones(self.source_features_.shape[0]), np.full(Ft.shape[0], float(self.head_refit))])
+        W, b = weighted_ridge_solution(F, np.vstack([self.source_ys_, ys]), w, self.penalty_, self.eig_mean_)
+        return W.astype(np.float32), b, np.zeros(self.n_targets_)
+
+    def _apply_result(self, res: Any) -> None:
+        self.adapted_states_ = res.states
+        self.stats_scale_ = res.stats_scale
+        self.stats_shift_ = res.stats_shift
+        self.bias_delta_ = res.bias_delta
+        self.transfer_loss_ = [res.history[0], res.history[-1]] if res.history else []
+        self.transferred_ = True
+        self._cached().pop("adapted", None)
+        self._cached().pop("last", None)
+
+    def _transfer(self, standards: Standards, unlabelled: np.ndarray | None) -> Spektron:
+        from .readout import group_folds
+
         Xs = np.array(standards.X_source, dtype=float, copy=True)
         Xt = np.array(standards.X_target, dtype=float, copy=True)
-        ys = np.array(standards.y, dtype=float, copy=True)
-        ys = ys[:, None] if ys.ndim == 1 else ys
-        self.target_axis_ = np.array(standards.axis, dtype=float, copy=True)
-        self.target_unit_ = standards.axis_unit
-        if self.target_axis_.shape != self.axis_.shape or not np.allclose(self.target_axis_, self.axis_):
-            raise ValueError("spektron: standards must be on the source calibration's axis (resample them first)")
-        Es = self._embed(Xs, self.target_axis_, self.target_unit_)
-        Et = self._embed(Xt, self.target_axis_, self.target_unit_)
-        self.e_W_ = self.x_W_ = None
-        self.e_tmean_, self.x_tmean_ = Et.mean(0), Xt.mean(0)
-        self.e_offset_ = (Es - Et).mean(0)
-        self.x_offset_ = (Xs - Xt).mean(0)
-        if self.correction == "linear" and Xt.shape[0] >= 2:
-            self.e_tmean_, self.e_offset_, self.e_W_ = _affine_correction(Et, Es, self.correction_strength)
-            self.x_tmean_, self.x_offset_, self.x_W_ = _affine_correction(Xt, Xs, self.correction_strength)
-        self.transferred_ = True
-        self.bias_ = np.zeros(self.n_targets_)
-        if self.y_bias:
-            Ec, Xc = self._correct(Et, Xt)
-            self.bias_ = (ys - self._head_predict(self._blocks(Ec, Xc))).mean(0)
+        n = Xt.shape[0] if Xt.ndim == 2 else 0
+        ys = _as_2d(standards.y) / self.y_scale_ if n else np.zeros((0, self.n_targets_))
+        axis = np.array(standards.axis, dtype=float)
+        if axis.shape != self.axis_.shape or not np.allclose(axis, self.axis_):
+            raise ValueError(f"{self.name}: standards must be on the source calibration's axis (resample them first)")
+        if n and Xt.shape[1] != self.axis_.size:
+            raise ValueError(f"{self.name}: standards have {Xt.shape[1]} channels, the source calibration {self.axis_.size}")
+        if n < self.tags.min_shots:
+            raise ValueError(f"{self.name} needs at least {self.tags.min_shots} transfer standards, got {n}")
+        X_unl = None
+        if unlabelled is not None and self.tags.transductive:
+            X_unl = np.array(unlabelled, dtype=float, copy=True)
+        self.pds_transferred_ = False
+        if self.pds_first and n >= 2:
+            self.pds_ = copy.deepcopy(self.pds_).transfer(standards)
+            self.pds_transferred_ = True
+            Xt = self.pds_.transform_target(Xt)
+            X_unl = self.pds_.transform_target(X_unl) if X_unl is not None else None
+        if n == 0 and X_unl is None:
+            # zero-shot without unlabelled spectra: the source model as it is
+            self.adapted_states_, self.transferred_, self.transfer_loss_ = {}, False, []
+        else:
+            model = self._model()
+            res = self._train(model, Xs, Xt, ys, X_unl, self.random_state)
+            self._apply_result(res)
+            self.head_W_, self.head_b_, self.bias_delta_ = self._refit_head(model, res, Xt, ys)
+        # conformal calibration
+        self.conformal_source_ = "none"
+        self.conformal_q_ = None
+        self.conformal_n_ = 0
+        if self.conformal != "none":
+            scores = np.zeros((0, self.n_targets_))
+            source = []
+            if self.conformal == "standards_cv" and n >= 2:
+                scores = self._standards_cv_scores(Xs, Xt, ys, X_unl, standards.groups)
+                source.append("standards_cv")
+            from .uncertainty import conformal_quantile, conformal_valid
+
+            if not conformal_valid(scores.shape[0], float(self.interval_alpha)):
+                scores = np.vstack([scores, self.source_scores_])
+                source.append("source_cv")
+            self.conformal_q_ = conformal_quantile(scores, float(self.interval_alpha))
+            self.conformal_n_ = int(scores.shape[0])
+            self.conformal_source_ = "+".join(source)
+        self.source_features_ = self.source_ys_ = None  # not needed after the transfer (lighter copies)
         return self
 
-    def predict(self, X_target: np.ndarray) -> np.ndarray:
-        if not hasattr(self, "e_mean_"):
-            raise RuntimeError("spektron: call fit() before predict()")
+    def _standards_cv_scores(self, Xs: np.ndarray, Xt: np.ndarray, ys: np.ndarray, X_unl: np.ndarray | None,
+                             groups: np.ndarray | None) -> np.ndarray:
+        """Normalized residuals of held-out standards, each predicted by adapters trained without it."""
+        from .readout import group_folds
+        from .uncertainty import mc_dropout_spread
+
+        model = self._model()
+        n = Xt.shape[0]
+        folds = group_folds(n, groups, int(self.conformal_folds), self.random_state + 7)
+        out = np.zeros((n, self.n_targets_))
+        for j, val in enumerate(folds):
+            tr = np.setdiff1d(np.arange(n), val)
+            if tr.size < 1:
+                continue
+            res = self._train(model, Xs[tr], Xt[tr], ys[tr], X_unl, self.random_state + 101 + j)
+            W, b, bias = self._refit_head(model, res, Xt[tr], ys[tr])
+            mods = {**self._base_overrides(model), **self._states_to_modules(model, res.states)}
+            gs = self._grid(model, Xt[val], self.axis_, self.axis_unit_)
+            from .readout import forward_all
+
+            Z = forward_all(model, gs, self.readout_, overrides=mods)[self.readout_]
+            F = self.scaling_.apply(Z, gs.stats)
+            F[:, -2:] = F[:, -2:] * res.stats_scale + res.stats_shift
+            pred = F @ W + b + bias
+            sd = mc_dropout_spread(F, W, float(self.mc_dropout), int(self.mc_samples), self.random_state + j)
+            out[val] = self._scores(pred, ys[val], sd)
+        return out
+
+    # --- predict ---
+    def _predict_scaled(self, X_target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(predictions in y / sd units, features) with a one-entry cache for predict_interval."""
+        if not hasattr(self, "head_W_"):
+            raise RuntimeError(f"{self.name}: call fit() before predict()")
         X = np.array(X_target, dtype=float, copy=True)
-        axis = getattr(self, "target_axis_", self.axis_)
-        unit = getattr(self, "target_unit_", self.axis_unit_)
-        if X.ndim != 2 or X.shape[1] != axis.size:
-            raise ValueError(f"spektron: expected spectra with {axis.size} channels, got shape {X.shape}")
-        E = self._embed(X, axis, unit)
-        E, X = self._correct(E, X)
-        return self._head_predict(self._blocks(E, X)) + self.bias_
+        if X.ndim != 2 or X.shape[1] != self.axis_.size:
+            raise ValueError(f"{self.name}: expected spectra with {self.axis_.size} channels, got shape {X.shape}")
+        cache = self._cached()
+        key = (X.shape, hash(X.tobytes()))
+        last = cache.get("last")
+        if last is not None and last[0] == key:
+            return last[1], last[2]
+        with torch_threads(self.threads):
+            model = self._model()
+            F = self._features(model, self._target_spectra(X), self._overrides(model), stats_affine=True)
+        pred = F @ self.head_W_ + self.head_b_ + self.bias_delta_
+        cache["last"] = (key, pred, F)
+        return pred, F
+
+    def predict(self, X_target: np.ndarray) -> np.ndarray:
+        return self._predict_scaled(X_target)[0] * self.y_scale_
+
+    def predict_interval(self, X_target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper) bounds (n, k) of the split-conformal intervals at 1 - interval_alpha."""
+        from .uncertainty import floor_spread, mc_dropout_spread
+
+        pred, F = self._predict_scaled(X_target)
+        q = self.conformal_q_ if getattr(self, "conformal_q_", None) is not None else np.full(self.n_targets_, np.inf)
+        sd = mc_dropout_spread(F, self.head_W_, float(self.mc_dropout), int(self.mc_samples), self.random_state + 3)
+        sd = floor_spread(sd, self.source_spread_median_[None, :] * np.ones_like(sd))
+        half = q * sd
+        return (pred - half) * self.y_scale_, (pred + half) * self.y_scale_
+
+    def predict_spread(self, X_target: np.ndarray) -> np.ndarray:
+        """MC-dropout standard deviation (n, k) of each prediction, in the values' units."""
+        from .uncertainty import mc_dropout_spread
+
+        _, F = self._predict_scaled(X_target)
+        return mc_dropout_spread(F, self.head_W_, float(self.mc_dropout), int(self.mc_samples),
+                                 self.random_state + 3) * self.y_scale_
+
+    def record_extras(self) -> dict[str, Any]:
+        """What the run records beside the metrics: the choices made on validation data, the conformal calibration."""
+        out: dict[str, Any] = {
+            "readout": getattr(self, "readout_", None),
+            "readout_cv": getattr(self, "readout_scores_", None),
+            "unfreeze": getattr(self, "unfreeze_", None),
+            "unfreeze_validation": getattr(self, "unfreeze_scores_", None),
+            "transfer_loss": getattr(self, "transfer_loss_", None),
+        }
+        if getattr(self, "conformal_q_", None) is not None:
+            out["conformal"] = {"calibration": self.conformal_source_, "n_scores": self.conformal_n_,
+                                "level": 1 - float(self.interval_alpha),
+                                "quantile": [float(v) for v in self.conformal_q_]}
+        if self.pds_first and getattr(self, "pds_transferred_", False):
+            out["pds_selected"] = getattr(self.pds_, "selected_", None)
+        return {"spektron": out}
 
     @classmethod
     def search_space(cls, trial: Any) -> dict[str, Any]:
         return {
-            "features": trial.suggest_categorical("features", ["embedding", "embedding+raw"]),
-            "correction": trial.suggest_categorical("correction", ["linear", "offset"]),
-            "correction_strength": trial.suggest_float("correction_strength", 0.01, 10.0, log=True),
-            "max_components": trial.suggest_int("max_components", 4, 20),
+            "lora_rank": trial.suggest_categorical("lora_rank", [2, 4, 8]),
+            "adapt_blocks": trial.suggest_int("adapt_blocks", 1, 3),
+            "transfer_steps": trial.suggest_int("transfer_steps", 30, 200, log=True),
+            "lr": trial.suggest_float("lr", 5e-4, 1e-2, log=True),
+            "align_weight": trial.suggest_float("align_weight", 0.05, 20.0, log=True),
         }
 
     @classmethod
@@ -257,3 +611,86 @@ class Spektron(TransferMethod):
         from .pretrain import run_pretraining
 
         return run_pretraining(corpus, config)
+
+
+class SpektronTTT(Spektron):
+    """Zero-shot Spektron: test-time training (masked reconstruction + feature-moment matching)
+    of the adapters on the unlabelled target spectra; with standards, their terms are added."""
+
+    name = "spektron-ttt"
+    tags = Tags(min_shots=0, zero_shot=True, transductive=True, multi_target=True)
+    description = "Spektron zero-shot: LoRA test-time training on the unlabelled target spectra (transductive)"
+
+    def __init__(self, checkpoint: str | None = None, pretrained: bool = True, readout: str = "auto",
+                 unfreeze: str = "auto", adapter: str = "lora", adapt_blocks: int = 2, lora_rank: int = 4,
+                 lora_alpha: float | None = None, transfer_steps: int = 80, lr: float = 3e-3,
+                 align_weight: float = 1.0, ttt_steps: int = 40, recon_weight: float = 1.0,
+                 moments_weight: float = 1.0, pds_first: bool = False, stats_weight: float = 1.0,
+                 mc_dropout: float = 0.1, mc_samples: int = 32, interval_alpha: float = 0.1,
+                 conformal: str = "standards_cv", conformal_folds: int = 5, finetune_steps: int = 60,
+                 head_refit: float = 0.0, domain: str = "auto", threads: int = 1, random_state: int = 0):
+        super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+
+    @classmethod
+    def search_space(cls, trial: Any) -> dict[str, Any]:
+        return {
+            "lora_rank": trial.suggest_categorical("lora_rank", [2, 4, 8]),
+            "ttt_steps": trial.suggest_int("ttt_steps", 10, 100, log=True),
+            "recon_weight": trial.suggest_float("recon_weight", 0.1, 10.0, log=True),
+            "moments_weight": trial.suggest_float("moments_weight", 0.1, 10.0, log=True),
+        }
+
+
+class SpektronNoPretrain(Spektron):
+    """Ablation: the same architecture and transfer, randomly initialised (no pretraining)."""
+
+    name = "spektron-nopretrain"
+    description = "Spektron ablation: random initialisation instead of the pretrained weights, same head and LoRA transfer"
+
+    def __init__(self, checkpoint: str | None = None, pretrained: bool = False, readout: str = "auto",
+                 unfreeze: str = "auto", adapter: str = "lora", adapt_blocks: int = 2, lora_rank: int = 4,
+                 lora_alpha: float | None = None, transfer_steps: int = 80, lr: float = 3e-3,
+                 align_weight: float = 1.0, ttt_steps: int = 0, recon_weight: float = 1.0,
+                 moments_weight: float = 1.0, pds_first: bool = False, stats_weight: float = 1.0,
+                 mc_dropout: float = 0.1, mc_samples: int = 32, interval_alpha: float = 0.1,
+                 conformal: str = "standards_cv", conformal_folds: int = 5, finetune_steps: int = 60,
+                 head_refit: float = 0.0, domain: str = "auto", threads: int = 1, random_state: int = 0):
+        super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+
+
+class SpektronFullFT(Spektron):
+    """Ablation: the adapted stages fully fine-tuned (every weight, lr / 10) instead of LoRA."""
+
+    name = "spektron-fullft"
+    description = "Spektron ablation: full fine-tuning of the adapted stages instead of LoRA adapters"
+
+    def __init__(self, checkpoint: str | None = None, pretrained: bool = True, readout: str = "auto",
+                 unfreeze: str = "auto", adapter: str = "full", adapt_blocks: int = 2, lora_rank: int = 4,
+                 lora_alpha: float | None = None, transfer_steps: int = 80, lr: float = 3e-3,
+                 align_weight: float = 1.0, ttt_steps: int = 0, recon_weight: float = 1.0,
+                 moments_weight: float = 1.0, pds_first: bool = False, stats_weight: float = 1.0,
+                 mc_dropout: float = 0.1, mc_samples: int = 32, interval_alpha: float = 0.1,
+                 conformal: str = "standards_cv", conformal_folds: int = 5, finetune_steps: int = 60,
+                 head_refit: float = 0.0, domain: str = "auto", threads: int = 1, random_state: int = 0):
+        super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+
+
+class SpektronPDS(Spektron):
+    """PDS first (ctbench_classical's PDS, windowed local regression on the standards), then the
+    network, fed the PDS-corrected target spectra, learns what is left with the same LoRA transfer."""
+
+    name = "spektron-pds"
+    description = "Spektron on PDS-corrected target spectra: PDS first, the LoRA-adapted network learns the residual"
+
+    def __init__(self, checkpoint: str | None = None, pretrained: bool = True, readout: str = "auto",
+                 unfreeze: str = "auto", adapter: str = "lora", adapt_blocks: int = 2, lora_rank: int = 4,
+                 lora_alpha: float | None = None, transfer_steps: int = 80, lr: float = 3e-3,
+                 align_weight: float = 1.0, ttt_steps: int = 0, recon_weight: float = 1.0,
+                 moments_weight: float = 1.0, pds_first: bool = True, stats_weight: float = 1.0,
+                 mc_dropout: float = 0.1, mc_samples: int = 32, interval_alpha: float = 0.1,
+                 conformal: str = "standards_cv", conformal_folds: int = 5, finetune_steps: int = 60,
+                 head_refit: float = 0.0, domain: str = "auto", threads: int = 1, random_state: int = 0):
+        super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+
+
+METHODS = [Spektron, SpektronTTT, SpektronNoPretrain, SpektronFullFT, SpektronPDS]

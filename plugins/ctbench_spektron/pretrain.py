@@ -24,6 +24,7 @@ import numpy as np
 from .checkpoint import CHECKPOINT_FORMAT, atomic_torch_save, atomic_write_text, export_weights
 from .config import PretrainConfig
 
+EXPERIMENT = "spektron-pretrain"
 RUN_OPTIONS = ("out", "resume", "data_dir", "results_dir", "mlflow", "progress", "corpus", "stop_after", "command")
 
 
@@ -105,10 +106,12 @@ class MlflowLogger:
         try:
             import mlflow
 
-            from ctbench.tracking import tracking_uri
+            from ctbench.tracking import artifact_location, tracking_uri
 
             mlflow.set_tracking_uri(tracking_uri(results_dir))
-            mlflow.set_experiment("spektron-pretrain")
+            if mlflow.get_experiment_by_name(EXPERIMENT) is None:  # artifacts beside the store, not in the CWD
+                mlflow.create_experiment(EXPERIMENT, artifact_location=artifact_location(results_dir))
+            mlflow.set_experiment(EXPERIMENT)
             run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=run_name)
             self.run_id = run.info.run_id
             if not run_id:

@@ -1,56 +1,21 @@
-"""Find a dataset file in the offline mirror and verify its sha256.
+"""Find a corpus file (mirror folder, user cache, or download) and verify its sha256.
 
-Uses ``ctbench.data.mirror.resolve`` (--data-dir, $CTBENCH_DATA, the user cache, download)
-when it is importable, and a small local resolver otherwise. When neither --data-dir nor
-$CTBENCH_DATA is given, the shared mirror /work/shared/datasets is tried as the default folder.
+A thin wrapper over ``ctbench.data.mirror.resolve``: --data-dir, $CTBENCH_DATA, the user cache,
+then the canonical address where one exists.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
-from ctbench.data import DataError
-
-DEFAULT_DATA_DIR = "/work/shared/datasets"
-
-
-def data_dir(explicit: str | Path | None = None) -> Path:
-    """The mirror folder: the explicit argument, else $CTBENCH_DATA, else the shared default."""
-    return Path(explicit or os.environ.get("CTBENCH_DATA") or DEFAULT_DATA_DIR).expanduser()
+from ctbench.data.mirror import resolve
+from ctbench.data.registry import DataFile
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def resolve_file(relpath: str, sha256: str, explicit_dir: str | Path | None = None) -> Path:
-    """Local path of ``relpath`` in the mirror after checking its sha256 (DataError otherwise)."""
-    folder: str | Path | None = explicit_dir
-    if folder is None and not os.environ.get("CTBENCH_DATA") and Path(DEFAULT_DATA_DIR).is_dir():
-        folder = DEFAULT_DATA_DIR
-    try:
-        from ctbench.data.mirror import resolve as mirror_resolve
-        from ctbench.data.registry import DataFile
-    except ImportError:  # an older ctbench without the mirror module
-        mirror_resolve = None
-    if mirror_resolve is not None:
-        return Path(mirror_resolve(DataFile(relpath=relpath, sha256=sha256), folder))
-    root = data_dir(folder)
-    path = root / relpath
-    if not path.is_file():
-        raise DataError(
-            f"{relpath} not found under {root}; pass --data-dir or set CTBENCH_DATA to the dataset mirror folder"
-        )
-    got = sha256_file(path)
-    if got != sha256:
-        raise DataError(f"{path}: sha256 {got[:16]}... does not match the expected {sha256[:16]}...; the file is corrupt or a different version")
-    return path
+def resolve_file(relpath: str, sha256: str, explicit_dir: str | Path | None = None, url: str | None = None) -> Path:
+    """Local, checksum-verified path of ``relpath`` (DataError with a one-line hint otherwise)."""
+    return Path(resolve(DataFile(relpath=relpath, sha256=sha256, url=url), str(explicit_dir) if explicit_dir else None))
 
 
 def cache_dir() -> Path:

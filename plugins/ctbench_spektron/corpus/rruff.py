@@ -23,6 +23,7 @@ from .table import SpectralTable
 
 RELPATH = "rruff/excellent_unoriented.zip"
 SHA256 = "aa7817197826d3df9ef2cf59660ffc754c9cc3f51ca80d10f339e7a4bf133baa"
+URL = "https://rruff.info/zipped_data_files/raman/excellent_unoriented.zip"  # RRUFF project, canonical
 PARSER_VERSION = 1
 MIN_POINTS = 50
 _SPLIT = re.compile(r"[,\s]+")
@@ -66,7 +67,7 @@ def load_rruff(data_dir: str | Path | None = None, grid_points: int = 2048, use_
     if use_cache and cache.is_file() and meta_path.is_file():
         manifest = [json.loads(meta_path.read_text())]
         return SpectralTable.load_npz(cache, manifest)
-    zpath = resolve_file(RELPATH, SHA256, data_dir)
+    zpath = resolve_file(RELPATH, SHA256, data_dir, url=URL)
     rows, los, his, lasers, ids, minerals = [], [], [], [], [], []
     skipped = 0
     with zipfile.ZipFile(zpath) as z:
