@@ -179,7 +179,7 @@ def _mean_sd(mean: float, sd: float) -> str:
 
 
 def _gap(v: float) -> str:
-    return "-" if v is None or not np.isfinite(v) else f"{v:.3f}"
+    return "-" if v is None or not np.isfinite(v) else f"{round(v, 3) + 0.0:.3f}"  # no "-0.000"
 
 
 def format_rows(rows: list[dict], fmt: str) -> str:

@@ -181,6 +181,15 @@ def _check_predictions(pred: Any, n: int, k: int, method: str) -> np.ndarray:
     return pred
 
 
+def interval_metrics(y: np.ndarray, lo: Any, hi: Any, properties: tuple[str, ...]) -> dict[str, Any]:
+    """Coverage (share of test values inside [lo, hi]) and mean width per property, and their means."""
+    lo, hi = np.asarray(lo, dtype=float).reshape(y.shape), np.asarray(hi, dtype=float).reshape(y.shape)
+    inside = (y >= lo) & (y <= hi)
+    per = {p: {"coverage": float(inside[:, j].mean()), "mean_width": float(np.mean(hi[:, j] - lo[:, j]))}
+           for j, p in enumerate(properties)}
+    return {"per_property": per, "mean": {k: float(np.mean([per[p][k] for p in properties])) for k in ("coverage", "mean_width")}}
+
+
 def source_for(task: Any, cls: Any) -> SourceData:
     """What ``fit`` sees: source spectra of the pool (target spectra for full recalibration)."""
     pool = task.pool_rows
@@ -201,6 +210,58 @@ def standards_for(task: Any, rows: np.ndarray) -> Standards:
         X_source=_readonly(task.X_source[rows]),
         X_target=_readonly(task.X_target[rows]),
         y=_readonly(task.y[rows]),
+        axis=_readonly(task.axis),
+        axis_unit=task.axis_unit,
+        properties=task.properties,
+        groups=np.array(task.groups[rows]),
+    )
+
+
+# --- per-process caches (performance only) --------------------------------------------
+# A sweep runs every method of a task on the same (N, rep) splits: the split, its manifest,
+# the standards' read-only arrays, the test spectra and the task summary are computed once
+# per process and shared. Everything shared is read-only (or copied per record), so a
+# method still sees exactly what it saw before.
+
+_SPLITS: dict[tuple, tuple[Any, dict, np.ndarray, np.ndarray, np.ndarray]] = {}
+_TASK_VIEWS: dict[tuple, tuple[np.ndarray, dict]] = {}
+_CACHE_SIZE = 4096
+
+
+def _task_key(task: Any) -> tuple:
+    return (task.name, task.version, task.card.sha256, id(task))
+
+
+def _split_and_arrays(task: Any, n: int, rep: int, seed: int) -> tuple[Any, dict, np.ndarray, np.ndarray, np.ndarray]:
+    """(split, manifest, read-only X_source[S], X_target[S], y[S]) of an (N, rep), cached per process."""
+    key = _task_key(task) + (int(n), int(rep), int(seed))
+    hit = _SPLITS.get(key)
+    if hit is None:
+        split = make_split(task, n, rep, seed)
+        rows = split.standard_rows
+        hit = (split, split.manifest(), _readonly(task.X_source[rows]), _readonly(task.X_target[rows]), _readonly(task.y[rows]))
+        if len(_SPLITS) >= _CACHE_SIZE:
+            _SPLITS.pop(next(iter(_SPLITS)))
+        _SPLITS[key] = hit
+    return hit
+
+
+def _task_view(task: Any) -> tuple[np.ndarray, dict]:
+    """(read-only X_target[T], task summary) of a task, cached per process."""
+    key = _task_key(task)
+    hit = _TASK_VIEWS.get(key)
+    if hit is None:
+        hit = (_readonly(task.X_target[task.test_rows]), {**task.summary(), "card_sha256": task.card.sha256})
+        _TASK_VIEWS[key] = hit
+    return hit
+
+
+def _standards_from(task: Any, rows: np.ndarray, Xs: np.ndarray, Xt: np.ndarray, y: np.ndarray) -> Standards:
+    """``standards_for`` with the cached read-only arrays (the sample ids are a fresh copy, as before)."""
+    return Standards(
+        X_source=Xs,
+        X_target=Xt,
+        y=y,
         axis=_readonly(task.axis),
         axis_unit=task.axis_unit,
         properties=task.properties,
@@ -245,9 +306,10 @@ def run_unit(unit: WorkUnit, progress: Callable[[dict, str], None] | None = None
     except Exception as exc:
         fit_error = _error_info(exc, "fit")
     out = []
+    X_test, task_summary = _task_view(task)
     for n, rep in unit.items:
         ident = run_identity(cls.name, cls.version, params, task.name, task.version, n, rep, unit.seed)
-        split = make_split(task, n, rep, unit.seed)
+        split, manifest, std_Xs, std_Xt, std_y = _split_and_arrays(task, n, rep, unit.seed)
         record: dict[str, Any] = {
             "schema": SCHEMA_VERSION,
             "key": record_key(ident),
@@ -261,14 +323,14 @@ def run_unit(unit: WorkUnit, progress: Callable[[dict, str], None] | None = None
                 "user_params": unit.spec.params,
                 "tags": {k: getattr(cls.tags, k) for k in cls.tags.__dataclass_fields__},
             },
-            "task": {**task.summary(), "card_sha256": task.card.sha256},
+            "task": dict(task_summary),
             "n_shots": n,
             "rep": rep,
             "seed": unit.seed,
             "random_state": random_state if has_rs else None,
             "transductive": bool(cls.tags.transductive),
             "reference": bool(cls.tags.reference),
-            "split": split.manifest(),
+            "split": dict(manifest),
             "data_sha256": task.data_sha256,
             "environment": environment(),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -279,16 +341,21 @@ def run_unit(unit: WorkUnit, progress: Callable[[dict, str], None] | None = None
         else:
             try:
                 m = copy.deepcopy(fitted)
-                unlabelled = _readonly(task.X_target[task.test_rows]) if cls.tags.transductive else None
+                unlabelled = X_test if cls.tags.transductive else None
                 t0 = time.perf_counter()
-                if m.transfer(standards_for(task, split.standard_rows), unlabelled) is None:
+                if m.transfer(_standards_from(task, split.standard_rows, std_Xs, std_Xt, std_y), unlabelled) is None:
                     raise TypeError(f"method {cls.name!r}: transfer() must return self")
                 timings["transfer_s"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                pred = m.predict(_readonly(task.X_target[task.test_rows]))
+                pred = m.predict(X_test)
                 timings["predict_s"] = time.perf_counter() - t0
                 pred = _check_predictions(pred, task.test_rows.size, len(task.properties), cls.name)
                 record.update(status="ok", metrics=evaluate(task.y[task.test_rows], pred, task.properties))
+                if callable(getattr(m, "predict_interval", None)):  # uncertainty-aware methods
+                    t0 = time.perf_counter()
+                    lo, hi = m.predict_interval(_readonly(task.X_target[task.test_rows]))
+                    timings["interval_s"] = time.perf_counter() - t0
+                    record["metrics"]["intervals"] = interval_metrics(task.y[task.test_rows], lo, hi, task.properties)
                 extra = getattr(m, "record_extras", None)
                 if callable(extra):
                     record["extras"] = extra()

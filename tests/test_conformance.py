@@ -25,7 +25,8 @@ from ctbench.testing import (
 # Torch-based methods take 20-60 s per fit with their defaults: the default suite checks them
 # in quick mode with few epochs (parameters filtered to those the class has), and the full
 # kit with default parameters runs in the slow suite.
-HEAVY = {"cnn", "lora_ct", "spektron"}
+HEAVY = {"cnn", "lora_ct", "spektron", "spektron-ttt", "spektron-nopretrain", "spektron-fullft", "spektron-pds"}
+# (the Spektron methods' quick check runs in tests/test_spektron_method.py with a tiny checkpoint)
 FAST_PARAMS = {
     "cnn": {"epochs": 10, "patience": 5, "transfer_max_epochs": 10, "transfer_epochs": 5, "batch_size": 32},
     "lora_ct": {"epochs": 10, "patience": 5, "transfer_epochs": 10, "batch_size": 32},

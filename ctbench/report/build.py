@@ -12,10 +12,8 @@ import numpy as np
 from ctbench.leaderboard import build_leaderboard, method_label
 from ctbench.metrics import METRICS
 from ctbench.report.collect import (
-    ANCHORS,
     ReportError,
     StoreContents,
-    base_name,
     label_order,
     missing_anchors,
     read_store,
@@ -199,4 +197,4 @@ def _failures(contents: StoreContents) -> list[Failure]:
     return out
 
 
-__all__ = ["Report", "TaskSection", "build_report", "ReportError", "ANCHORS", "base_name"]
+__all__ = ["Report", "TaskSection", "build_report", "ReportError"]

@@ -159,5 +159,10 @@ def _maybe_log_y(ax: Any, metric: str, lows: list[float], highs: list[float]) ->
         return
     bottom = min(v for v in lo + hi if v > 0) if any(v > 0 for v in lo + hi) else 0
     if bottom > 0 and max(hi) / bottom > 8:
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
         ax.set_yscale("log")
         ax.set_ylim(bottom=bottom / 1.3)
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())

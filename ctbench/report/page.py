@@ -47,13 +47,18 @@ def _leaderboard_html(rows: list[dict], metric: str, with_property: bool = False
     head = ["N"] + (["property"] if with_property else []) + ["rank", "method", f"{name} mean ± sd", "R²",
                                                              "gap closed", "reps"]
     out = ["<table><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>"]
+    best: dict[tuple, int] = {}  # (N, property) -> rank of the best non-reference row
+    for r in rows:
+        if not r["reference"] and r.get("rank"):
+            key = (r["n_shots"], r["property"])
+            best[key] = min(best.get(key, r["rank"]), r["rank"])
     prev = None
     for r in rows:
         cell = (r["n_shots"], r["property"])
-        classes = []
+        classes: list[str] = []
         if r["reference"]:
             classes.append("ref")
-        elif r.get("rank") == 1:
+        elif r.get("rank") and r["rank"] == best.get(cell):
             classes.append("best")
         if prev is not None and cell != prev:
             classes.append("nsep")
@@ -142,7 +147,7 @@ def render_html(report: Any) -> str:
         parts.append("<h2 id='notes'>Notes</h2>" + _notes_html(r.notes))
     parts.append("<h2 id='leaderboards'>Leaderboards</h2>")
     parts.append(f"<p>Per task and N: {_e(name)} averaged over properties per record, then mean ± sd over repetitions; "
-                 "rank within (task, N). <code>*</code> marks reference rows (in grey). Gap closed = "
+                 "rank within (task, N). <code>*</code> marks reference rows (in grey); the best non-reference method of each N is in bold. Gap closed = "
                  "(RMSEP<sub>no_transfer</sub> − RMSEP) / (RMSEP<sub>no_transfer</sub> − "
                  "RMSEP<sub>full_recalibration</sub>).</p>")
     for t in r.tasks:

@@ -119,57 +119,58 @@ def cd_figure(res: FriedmanResult, out_dir: Path) -> SavedFigure:
     k = len(res.methods)
     names = res.methods
     ranks = [res.avg_ranks[n] for n in names]
+    cliques = res.cliques()
     half = (k + 1) // 2
     n_side = max(half, k - half)
-    height = 1.7 + 0.32 * n_side + 0.22 * len(res.cliques())
-    fig = new_figure(9.0, height, layout=None)
+    # vertical layout in inches, from the top: CD bar, tick labels, axis, clique bars, labels
+    top_pad, cd_h, tick_h = 0.15, 0.35, 0.3
+    bar_step, label_step, bottom_pad = 0.16, 0.3, 0.2
+    y_axis_from_top = top_pad + cd_h + tick_h
+    bars_h = 0.15 + bar_step * len(cliques)
+    height = y_axis_from_top + bars_h + 0.1 + label_step * (n_side - 1) + bottom_pad + 0.1
+    width = 9.0
+    fig = new_figure(width, height, layout=None)
     ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
     ax.set_axis_off()
-    lo, hi = 1, k
-    x0, x1 = 0.25, 0.75  # axis span in figure fraction (labels sit outside)
+    ax.set_xlim(0, width)
+    ax.set_ylim(0, height)
+    lo, hi = 1, max(k, 2)
+    x0, x1 = 2.6, width - 2.6  # the rank axis (labels sit outside it)
 
     def xpos(rank: float) -> float:
-        return x0 + (rank - lo) / max(hi - lo, 1) * (x1 - x0)
+        return x0 + (rank - lo) / (hi - lo) * (x1 - x0)
 
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    step = 0.32 / height  # vertical step per label, in axes fraction
-    y_axis = 1 - 0.75 / height
+    y_axis = height - y_axis_from_top
     ax.plot([x0, x1], [y_axis, y_axis], color="black", linewidth=1.2)
     for t in range(lo, hi + 1):
-        ax.plot([xpos(t)] * 2, [y_axis, y_axis + 0.05 / height * 1.6], color="black", linewidth=1)
-        ax.text(xpos(t), y_axis + 0.12 / height * 1.6, str(t), ha="center", va="bottom", fontsize=9)
+        ax.plot([xpos(t)] * 2, [y_axis, y_axis + 0.08], color="black", linewidth=1)
+        ax.text(xpos(t), y_axis + 0.11, str(t), ha="center", va="bottom", fontsize=9)
     for t in np.arange(lo + 0.5, hi, 1.0):
-        ax.plot([xpos(t)] * 2, [y_axis, y_axis + 0.025 / height * 1.6], color="black", linewidth=0.8)
-    # CD bar above the axis, at the left
+        ax.plot([xpos(t)] * 2, [y_axis, y_axis + 0.04], color="black", linewidth=0.8)
     if np.isfinite(res.cd):
-        cd_w = xpos(lo + res.cd) - xpos(lo)
-        yc = y_axis + 0.5 / height
-        ax.plot([x0, x0 + cd_w], [yc, yc], color="black", linewidth=1.6)
-        for xx in (x0, x0 + cd_w):
-            ax.plot([xx, xx], [yc - 0.04 / height, yc + 0.04 / height], color="black", linewidth=1.2)
-        ax.text(x0 + cd_w / 2, yc + 0.06 / height, f"CD = {res.cd:.2f}", ha="center", va="bottom", fontsize=9)
-    # clique bars just below the axis
-    cliques = res.cliques()
-    y_bar = y_axis - 0.18 / height
+        x_end = xpos(lo + res.cd)
+        yc = height - top_pad - 0.22
+        ax.plot([x0, x_end], [yc, yc], color="black", linewidth=1.6)
+        for xx in (x0, x_end):
+            ax.plot([xx, xx], [yc - 0.05, yc + 0.05], color="black", linewidth=1.2)
+        ax.text((x0 + x_end) / 2, yc + 0.06, f"CD = {res.cd:.2f}", ha="center", va="bottom", fontsize=9)
+    y_bar = y_axis - 0.15
     for c in cliques:
         a, b = res.avg_ranks[c[0]], res.avg_ranks[c[-1]]
-        ax.plot([xpos(a) - 0.006, xpos(b) + 0.006], [y_bar, y_bar], color="#444444", linewidth=3.0,
+        ax.plot([xpos(a) - 0.05, xpos(b) + 0.05], [y_bar, y_bar], color="#444444", linewidth=3.0,
                 solid_capstyle="round")
-        y_bar -= 0.22 / height
-    y_first = y_bar - 0.15 / height
-    # labels: best half to the left, the rest to the right
+        y_bar -= bar_step
+    y_first = y_axis - bars_h - 0.1
     for i, (name, r) in enumerate(zip(names, ranks)):
-        if i < half:
-            y = y_first - i * step
-            xe, ha, xt = x0 - 0.03, "right", x0 - 0.035
-        else:
-            y = y_first - (k - 1 - i) * step
-            xe, ha, xt = x1 + 0.03, "left", x1 + 0.035
+        if i < half:  # best half on the left, from the top down
+            y = y_first - i * label_step
+            xe, ha, text = x0 - 0.2, "right", f"{name} ({r:.2f})"
+        else:  # the rest on the right, worst at the top
+            y = y_first - (k - 1 - i) * label_step
+            xe, ha, text = x1 + 0.2, "left", f"({r:.2f}) {name}"
         xr = xpos(r)
         ax.plot([xr, xr, xe], [y_axis, y, y], color="black", linewidth=0.9)
-        ax.text(xt, y, f"{name} ({r:.2f})" if ha == "left" else f"({r:.2f}) {name}", ha=ha, va="center",
-                fontsize=9)
+        ax.text(xe + (-0.05 if ha == "right" else 0.05), y, text, ha=ha, va="center", fontsize=9)
     caption = (f"Critical-difference diagram ({res.metric}, α = {res.alpha}): average rank of each method over "
                f"{len(res.blocks)} (task, N) blocks (1 = best, on the left). Methods joined by a thick bar are not "
                f"significantly different by the Nemenyi test (their average ranks differ by less than CD = "

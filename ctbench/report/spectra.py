@@ -52,7 +52,8 @@ def standards_section(task_name: str, records: list[dict[str, Any]], out_dir: Pa
         res.notes.append(f"{task_name}: only zero-shot records, so there are no transfer standards to show.")
         return res
     n0 = ns[0]
-    seed = int(next(r["identity"]["seed"] for r in records))
+    first = [r for r in records if int(r["identity"]["n_shots"]) == n0 and int(r["identity"]["rep"]) == 0]
+    seed = int((first or records)[0]["identity"]["seed"])
     try:
         task = _build_task(task_name, data_dir)
     except Exception as exc:  # noqa: BLE001 - any loading problem becomes a note
@@ -62,8 +63,7 @@ def standards_section(task_name: str, records: list[dict[str, Any]], out_dir: Pa
     from ctbench.splits import make_split
 
     split = make_split(task, n0, 0, seed)
-    recorded = next((r["split"] for r in records if int(r["identity"]["n_shots"]) == n0
-                     and int(r["identity"]["rep"]) == 0 and r.get("split")), None)
+    recorded = next((r["split"] for r in first if r.get("split") and int(r["identity"]["seed"]) == seed), None)
     if recorded is not None and recorded.get("hash") != split.manifest()["hash"]:
         res.notes.append(f"{task_name}: the split recomputed from the current task card differs from the recorded one "
                          f"(card or data changed since the run); spectra are not shown.")
@@ -75,7 +75,8 @@ def standards_section(task_name: str, records: list[dict[str, Any]], out_dir: Pa
     for r in fixers:
         by_label.setdefault(method_label(r), []).append(r)
     for label in label_order(fixers):
-        recs = [r for r in by_label[label] if int(r["identity"]["rep"]) == 0 and int(r["identity"]["n_shots"]) >= n0]
+        recs = [r for r in by_label[label] if int(r["identity"]["rep"]) == 0 and int(r["identity"]["n_shots"]) >= n0
+                and int(r["identity"]["seed"]) == seed]
         if not recs:
             res.notes.append(f"{task_name}: {label} has no repetition-0 record with N ≥ {n0}; skipped.")
             continue

@@ -1,18 +1,21 @@
-"""The numerical core of the di-PLS family: diPLSlib 2.5.0's algorithms, batched, in a small basis.
+"""The numerical core of the di-PLS family: diPLSlib 2.5.0's algorithms, batched, in small bases.
 
 ``fit_batch`` fits B models at once that share their domains but not their calibration rows
 or regularization (the folds x l-values of a cross-validation, or one final model). It follows
 diPLSlib's ``dipals`` step by step (weight ``w = (I + l / (y^T y) D)^-1 X^T y``, normalised;
-scores, loadings, deflation of x and y; ``b = W (P^T W)^-1 C``) with three changes that do not
+scores, loadings, deflation of x and y; ``b = W (P^T W)^-1 C``) with changes that do not
 change the numbers beyond round-off:
 
 * the discrepancy matrix D is never formed: the domains live in an orthonormal basis of their
   own row space (r <= rows of the domains), D's eigen-decomposition is an r x r one, and the
-  weight follows from ``(I + c V mu V^T)^-1 v = v - V (c mu / (1 + c mu)) V^T v``;
-* the target domain is deflated whenever its score is non-zero (diPLSlib 2.5.0 tests
-  ``np.sum(xt) != 0``, which for centred xt is rounding noise: see the dipls module);
-* a zero score (a domain or calibration without variance left) stops that deflation instead
-  of producing 0/0.
+  weight follows from ``(I + c V mu V^T)^-1 v = v - V (c mu / (1 + c mu)) V^T v``; the
+  domains' covariances are downdated by one rank-one term per latent variable instead of
+  being recomputed from the deflated rows;
+* the domains are deflated through an orthonormal basis of their scores (see
+  ``_DeflatedDomain``), so a domain with fewer rows than latent variables is exhausted to
+  zero instead of to round-off noise; the target domain is deflated whenever its score is
+  non-zero (diPLSlib 2.5.0 tests ``np.sum(xt) != 0``, rounding noise for centred xt);
+* a zero score stops that deflation instead of producing 0/0.
 
 Modes: ``"dipls"`` (D = |Cov(xs) - Cov(xt)| of the deflated domains, recomputed each latent
 variable; several target domains sum their relaxations; b from the calibration loadings),
@@ -32,42 +35,83 @@ RTOL = 1e-10
 def row_space_basis(*blocks: np.ndarray) -> np.ndarray:
     """Orthonormal basis (p, m) of the row space of the stacked blocks."""
     M = np.vstack([b for b in blocks if b.size])
+    if M.size == 0:
+        return np.zeros((blocks[0].shape[1], 0))
     _, s, Vt = np.linalg.svd(M, full_matrices=False)
     keep = s > RTOL * max(float(s[0]), 1e-300) if s.size else np.zeros(0, dtype=bool)
     return Vt[keep].T
 
 
-def extend_basis(Q: np.ndarray, rows: np.ndarray, scale: float) -> np.ndarray:
-    """Orthonormal columns spanning ``rows`` outside the span of the orthonormal ``Q``.
+def extend_basis(Q: np.ndarray, rows: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Orthonormal columns E spanning ``rows`` outside the span of the orthonormal ``Q``.
 
-    ``scale`` is the largest singular value of everything the basis must hold: directions
-    weaker than RTOL x scale are dropped, as ``row_space_basis`` of the whole stack would.
+    Returns (E, rows @ Q, rows @ E): the rows' coordinates come with the basis. ``scale`` is
+    the largest singular value of everything the basis must hold: directions weaker than
+    RTOL x scale are dropped, as ``row_space_basis`` of the whole stack would.
     """
     if rows.size == 0:
-        return np.zeros((Q.shape[0], 0))
-    R = rows - (rows @ Q) @ Q.T
-    R = R - (R @ Q) @ Q.T  # twice: the residual is orthogonal to Q to round-off
-    _, s, Vt = np.linalg.svd(R, full_matrices=False)
+        return np.zeros((Q.shape[0], 0)), np.zeros((0, Q.shape[1])), np.zeros((0, 0))
+    cq = rows @ Q
+    R = rows - cq @ Q.T
+    c2 = R @ Q
+    R = R - c2 @ Q.T  # twice: the residual is orthogonal to Q to round-off
+    cq = cq + c2
+    U, s, Vt = np.linalg.svd(R, full_matrices=False)
     keep = s > RTOL * max(scale, float(s[0]) if s.size else 0.0, 1e-300)
-    return Vt[keep].T
+    return Vt[keep].T, cq, U[:, keep] * s[keep]
+
+
+class Domains:
+    """The domains of one transfer, prepared once for all its fits (in the working coordinates).
+
+    xs (ns, m) and xts (list of (nt, m)) are centred rows; for mode "gct" xs holds the pair
+    differences and xts is empty. Keeps an orthonormal basis of their row space (m, r), the
+    rows' coordinates in it and their covariances.
+    """
+
+    def __init__(self, xs: np.ndarray, xts: list[np.ndarray], mode: str):
+        if mode not in ("dipls", "mdipls", "gct"):
+            raise ValueError(f"unknown mode {mode!r}")
+        self.mode = mode
+        self.n_channels = xs.shape[1]
+        if mode == "gct":
+            _, s, Vt = np.linalg.svd(xs, full_matrices=False)
+            keep = s > RTOL * max(float(s[0]), 1e-300) if s.size else np.zeros(0, dtype=bool)
+            self.basis, self.mu = Vt[keep].T, s[keep] ** 2 / max(xs.shape[0], 1)
+            return
+        self.basis = row_space_basis(xs, *xts)
+        self.L0 = [x @ self.basis for x in [xs, *xts]]  # source first, then the target domains
+        self.L0 = [L - L.mean(axis=0) for L in self.L0]  # centred already; clears the centring's round-off
+        self.sizes = [L.shape[0] for L in self.L0]
+        self.cov0 = [L.T @ L / max(n, 1) for L, n in zip(self.L0, self.sizes)]
+        self._first: tuple[np.ndarray, np.ndarray] | None = None
+
+    def first_relaxation(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mu, V) of the undeflated domains' relaxation: the same for every fit of the transfer."""
+        if self._first is None:
+            self._first = _relaxation(self.cov0[0], self.cov0[1:])
+        return self._first
+
+    def norm(self) -> float:
+        """||D||_2 of the first latent variable's discrepancy (the unit of the relative l)."""
+        if self.mode == "gct":
+            return float(self.mu[0]) if self.mu.size else 0.0
+        if self.basis.shape[1] == 0:
+            return 0.0
+        return float(self.first_relaxation()[0].max())
 
 
 def relaxed_discrepancy_norm(xs: np.ndarray, xts: list[np.ndarray]) -> float:
     """||D||_2 of diPLSlib's convex relaxation sum_z |Cov(xs) - Cov(xt_z)| (undeflated domains)."""
-    basis = row_space_basis(xs, *xts)
-    if basis.shape[1] == 0:
-        return 0.0
-    mu, _ = _relaxation(xs @ basis, [x @ basis for x in xts], xs.shape[0], [x.shape[0] for x in xts])
-    return float(mu.max())
+    return Domains(xs, list(xts), "dipls").norm()
 
 
-def _relaxation(Ls: np.ndarray, Lts: list[np.ndarray], ns: int, nts: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Eigen-decomposition (mu, V) of sum_z |Ls^T Ls / ns - Lt_z^T Lt_z / nt_z| (batched over leading axes)."""
-    Ms = np.einsum("...ir,...is->...rs", Ls, Ls) / ns
+def _relaxation(Ms: np.ndarray, Mts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Eigen-decomposition (mu, V) of sum_z |Ms - Mt_z| (batched over leading axes)."""
     total = None
-    for Lt, nt in zip(Lts, nts):
-        lam, V = np.linalg.eigh(Ms - np.einsum("...ir,...is->...rs", Lt, Lt) / nt)
-        if len(Lts) == 1:
+    for Mt in Mts:
+        lam, V = np.linalg.eigh(Ms - Mt)
+        if len(Mts) == 1:
             return np.abs(lam), V
         D = np.einsum("...rk,...k,...sk->...rs", V, np.abs(lam), V)
         total = D if total is None else total + D
@@ -86,108 +130,107 @@ class _DeflatedDomain:
     to zero: Q starts with the constant vector, which keeps the scores in that subspace even
     when a score is small next to the data (its round-off would otherwise leak out of it). A
     score below RTOL x ||x_0|| is an exhausted direction: it is not deflated and its loading
-    is zero.
+    is zero. The covariance ``x^T x / n`` is downdated alongside (one rank-one term).
     """
 
-    def __init__(self, L0: np.ndarray, batch: int):
-        L0 = L0 - L0.mean(axis=0)  # centred already; this clears the centring's round-off
-        self.L = np.repeat(L0[None], batch, axis=0)  # (B, n, r)
+    def __init__(self, L0: np.ndarray, cov0: np.ndarray, batch: int, n_components: int):
         n = L0.shape[0]
-        self.Q: list[np.ndarray] = [np.full((batch, n), 1.0 / np.sqrt(n))] if n else []
+        self.n = max(n, 1)
+        self.L = np.repeat(L0[None], batch, axis=0)  # (B, n, r)
+        self.cov = np.repeat(cov0[None], batch, axis=0)  # (B, r, r)
+        self.Q = np.zeros((batch, n, n_components + 1))  # orthonormal score basis, column 0 constant
+        self.used = 0
+        if n:
+            self.Q[:, :, 0] = 1.0 / np.sqrt(n)
+            self.used = 1
         self.floor = RTOL * max(float(np.linalg.norm(L0)), 1e-300)
 
     def deflate(self, w_r: np.ndarray) -> np.ndarray:
         """Deflate by the scores on w_r (B, r); returns the loadings (B, r) (0 where exhausted)."""
         t = np.einsum("bir,br->bi", self.L, w_r)
+        Q = self.Q[:, :, : self.used]
         for _ in range(2):
-            for q in self.Q:
-                t = t - q * np.einsum("bi,bi->b", q, t)[:, None]
+            t = t - np.einsum("bia,ba->bi", Q, np.einsum("bia,bi->ba", Q, t))
         norm = np.linalg.norm(t, axis=1)
         ok = norm > self.floor
-        q = t / np.where(ok, norm, 1.0)[:, None] * ok[:, None]
-        qL = np.einsum("bi,bir->br", q, self.L)
-        self.L = self.L - q[:, :, None] * qL[:, None, :]
-        self.Q.append(q)
+        q = t * (ok / np.where(ok, norm, 1.0))[:, None]
+        qL = np.einsum("bi,bir->br", q, self.L)  # = x^T t / |t| (zero where exhausted)
+        self.L -= q[:, :, None] * qL[:, None, :]
+        self.cov -= qL[:, :, None] * qL[:, None, :] / self.n
+        if self.used < self.Q.shape[2]:
+            self.Q[:, :, self.used] = q
+            self.used += 1
         return qL / np.where(ok, norm, 1.0)[:, None]  # x^T t / t^T t
 
 
-def fit_batch(
-    X: np.ndarray,
-    y: np.ndarray,
-    n_components: int,
-    l_abs: np.ndarray,
-    xs: np.ndarray,
-    xts: list[np.ndarray],
-    mode: str = "dipls",
-) -> np.ndarray:
+def fit_batch(X: np.ndarray, y: np.ndarray, n_components: int, l_abs: np.ndarray, domains: Domains) -> np.ndarray:
     """Regression vectors (B, m) of B di-PLS / md-PLS / GCT-PLS fits sharing their domains.
 
-    X (B, n, m) and y (B, n) are centred (rows of zeros pad smaller calibrations: they change
-    nothing), ``l_abs`` (B,) the absolute regularization of each fit; xs (ns, m) and xts
-    (list of (nt, m)) are the centred domains (for "gct": xs the pair differences, xts empty),
-    in the same coordinates as X.
+    X (B, n, k) and y (B, n) are centred calibrations (rows of zeros pad smaller ones: they
+    change nothing) in the first k <= m working coordinates (the calibration's own basis; the
+    domains may add directions beyond it, where X is zero); ``l_abs`` (B,) is the absolute
+    regularization of each fit.
     """
-    if mode not in ("dipls", "mdipls", "gct"):
-        raise ValueError(f"unknown mode {mode!r}")
+    mode = domains.mode
     X = np.array(X, dtype=float)
     y = np.array(y, dtype=float)
-    B, _, m = X.shape
+    B, _, k = X.shape
+    m = domains.n_channels
     A = int(n_components)
     l_abs = np.broadcast_to(np.asarray(l_abs, dtype=float), (B,))
     reg = l_abs > 0
+    basis = domains.basis
     W = np.zeros((B, m, A))
     P = np.zeros((B, m, A))
     C = np.zeros((B, A))
     dead = np.zeros((B, A), dtype=bool)
-    if mode == "gct":
-        _, s, Vt = np.linalg.svd(xs, full_matrices=False)
-        keep = s > RTOL * max(float(s[0]), 1e-300) if s.size else np.zeros(0, dtype=bool)
-        V_gct, mu_gct = Vt[keep].T, s[keep] ** 2 / max(xs.shape[0], 1)
-    else:
-        basis = row_space_basis(xs, *xts)
-        ns, nts = xs.shape[0], [x.shape[0] for x in xts]
-        source = _DeflatedDomain(xs @ basis, B)
-        targets = [_DeflatedDomain(x @ basis, B) for x in xts]
+    if mode != "gct":
+        parts = [_DeflatedDomain(L0, cov0, B, A) for L0, cov0 in zip(domains.L0, domains.cov0)]
     for a in range(A):
-        v = np.einsum("bnm,bn->bm", X, y)
+        v = np.zeros((B, m))
+        v[:, :k] = np.einsum("bnk,bn->bk", X, y)
         yy = np.einsum("bn,bn->b", y, y)
-        w = v.copy()
+        w = v
         active = reg & (yy > 0)
-        if active.any():
+        if active.any() and basis.shape[1]:
             c = l_abs[active] / yy[active]
             if mode == "gct":
-                V, mu = V_gct, mu_gct
-                if V.shape[1]:
-                    g = c[:, None] * mu[None, :]
-                    w[active] -= ((v[active] @ V) * (g / (1.0 + g))) @ V.T
-            elif basis.shape[1]:
-                mu, E = _relaxation(source.L[active], [d.L[active] for d in targets], ns, nts)
-                g = c[:, None] * mu
-                u = np.einsum("brk,br->bk", E, v[active] @ basis)
-                w[active] -= np.einsum("brk,bk->br", E, u * (g / (1.0 + g))) @ basis.T
+                mu, E = domains.mu, None
+            elif a == 0:
+                mu, E = domains.first_relaxation()  # the undeflated domains: shared by every fit
+                mu, E = np.broadcast_to(mu, (int(active.sum()),) + mu.shape), np.broadcast_to(E, (int(active.sum()),) + E.shape)
+            else:
+                mu, E = _relaxation(parts[0].cov[active], [d.cov[active] for d in parts[1:]])
+            g = c[:, None] * mu
+            u = v[active] @ basis
+            if E is None:
+                u = u * (g / (1.0 + g))
+            else:
+                u = np.einsum("brk,bk->br", E, np.einsum("brk,br->bk", E, u) * (g / (1.0 + g)))
+            w = v.copy()
+            w[active] -= u @ basis.T
         norm = np.linalg.norm(w, axis=1)
         w = w / np.where(norm > 0, norm, 1.0)[:, None]
-        t = np.einsum("bnm,bm->bn", X, w)
+        t = np.einsum("bnk,bk->bn", X, w[:, :k])
         tt = np.einsum("bn,bn->b", t, t)
         inv_tt = np.where(tt > 0, 1.0 / np.where(tt > 0, tt, 1.0), 0.0)
         ca = np.einsum("bn,bn->b", y, t) * inv_tt
-        p = np.einsum("bnm,bn->bm", X, t) * inv_tt[:, None]
+        p = np.einsum("bnk,bn->bk", X, t) * inv_tt[:, None]
         X -= t[:, :, None] * p[:, None, :]
         y -= ca[:, None] * t
         W[:, :, a] = w
         C[:, a] = ca
         dead[:, a] = tt <= 0
+        if mode != "mdipls":
+            P[:, :k, a] = p
         if mode == "gct":
-            P[:, :, a] = p
             continue
         w_r = w @ basis
-        source.deflate(w_r)
-        for z, d in enumerate(targets):
+        parts[0].deflate(w_r)
+        for z, d in enumerate(parts[1:]):
             pt = d.deflate(w_r)
             if mode == "mdipls" and z == 0:
                 P[:, :, a] = pt @ basis.T
-        if mode == "dipls":
-            P[:, :, a] = p
     PtW = np.einsum("bma,bmc->bac", P, W) + np.eye(A) * dead[:, :, None]  # a dead component adds nothing
     r = np.linalg.solve(PtW, C[:, :, None])[:, :, 0]
     return np.einsum("bma,ba->bm", W, r)

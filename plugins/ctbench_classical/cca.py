@@ -122,40 +122,73 @@ class CCA(SpectralStandardization):
     def _loo_errors(
         self, Xs: np.ndarray, Xt: np.ndarray, candidates: list[dict[str, Any]], folds: list[np.ndarray]
     ) -> np.ndarray:
-        """Held-out errors of every (r, q) with two small PCAs per fold, in the standards' own row spaces.
+        """Held-out errors of every (r, q): all folds' PCAs and canonical SVDs in a few batched calls.
 
         Each instrument's spectra are replaced by their coordinates in an orthonormal basis of
         their row space (n numbers instead of p; an exact rotation, so the PCAs, canonical
         correlations and maps are the same), and the source side is only needed through the
-        source model's coefficients, ``V_s^T coef``.
+        source model's coefficients, ``V_s^T coef``. The folds are stacked (rows of zeros pad
+        the smaller ones: they change no singular value or right singular vector), so every
+        fold's PCA is one batched SVD, and every PCA dimension r one batched r x r SVD.
         """
         n = Xs.shape[0]
         coef = self.source_model_.coef_
+        k = coef.shape[1]
         Ut, st, _ = np.linalg.svd(Xt, full_matrices=False)
         Us, ss, Vs0 = np.linalg.svd(Xs, full_matrices=False)
         Lt, Ls = Ut * st, Us * ss  # Xt = Lt Vt0^T, Xs = Ls Vs0^T
         Ys = Xs @ coef
         coef_s = Vs0 @ coef  # (n, k): the model's coefficients in the source coordinates
         r_max = max(c["n_components"] for c in candidates)
-        err = np.zeros((len(candidates), n, coef.shape[1]))
-        for rows in folds:
+        F = len(folds)
+        m_max = max(n - len(f) for f in folds)
+        g_max = max(len(f) for f in folds)
+        Tt = np.zeros((F, m_max, n))
+        Ts = np.zeros((F, m_max, n))
+        held = np.zeros((F, g_max, n))
+        base = np.zeros((F, g_max, k))
+        mask = np.zeros((F, g_max), dtype=bool)
+        for f, rows in enumerate(folds):
             keep = np.ones(n, dtype=bool)
             keep[rows] = False
+            m, g = n - len(rows), len(rows)
             mt, ms = Lt[keep].mean(axis=0), Ls[keep].mean(axis=0)
-            Zt_all, st_all, Vt_all = _pca(Lt[keep] - mt, r_max)
-            Zs_all, ss_all, Vs_all = _pca(Ls[keep] - ms, r_max)
-            zt = (Lt[rows] - mt) @ (Vt_all / st_all)  # held-out whitened target scores (g, r)
-            base = ms @ coef_s - Ys[rows]  # (g, k)
-            by_r: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-            for c, cand in enumerate(candidates):
-                r = min(cand["n_components"], Zt_all.shape[1], Zs_all.shape[1])
-                if r not in by_r:
-                    A, rho, Bt = np.linalg.svd(Zt_all[:, :r].T @ Zs_all[:, :r])
-                    weight = np.clip(rho, 0.0, 1.0) if self.shrink else np.ones_like(rho)
-                    by_r[r] = (zt[:, :r] @ (A * weight), (Bt * ss_all[:r]) @ (Vs_all[:, :r].T @ coef_s))
-                u, right = by_r[r]
-                q = max(1, min(cand["n_canonical"], u.shape[1]))
-                err[c, rows] = u[:, :q] @ right[:q] + base
+            Tt[f, :m] = Lt[keep] - mt
+            Ts[f, :m] = Ls[keep] - ms
+            held[f, :g] = Lt[rows] - mt
+            base[f, :g] = ms @ coef_s - Ys[rows]
+            mask[f, :g] = True
+        Zt, st_f, Vht = np.linalg.svd(Tt, full_matrices=False)
+        Zs, ss_f, Vhs = np.linalg.svd(Ts, full_matrices=False)
+        R = min(r_max, Zt.shape[2])
+        # PCA dimensions each fold supports (the _pca rule: singular values above 1e-10 of the largest)
+        rank_t = (st_f[:, :R] > 1e-10 * np.maximum(st_f[:, :1], 1e-300)).sum(axis=1)
+        rank_s = (ss_f[:, :R] > 1e-10 * np.maximum(ss_f[:, :1], 1e-300)).sum(axis=1)
+        inv_st = np.where(st_f[:, :R] > 0, 1.0 / np.where(st_f[:, :R] > 0, st_f[:, :R], 1.0), 0.0)
+        zt = np.einsum("fgn,fan->fga", held, Vht[:, :R]) * inv_st[:, None, :]  # held-out whitened target scores
+        proj_s = np.einsum("fan,nk->fak", Vhs[:, :R], coef_s) * ss_f[:, :R, None]  # diag(s_s) V_s^T coef
+        flat_rows = np.concatenate(folds)
+        err = np.zeros((len(candidates), n, k))
+        by_r: dict[int, list[int]] = {}
+        for c, cand in enumerate(candidates):
+            by_r.setdefault(cand["n_components"], []).append(c)
+        for r_c, cs in by_r.items():
+            r_eff = np.minimum(np.minimum(r_c, rank_t), rank_s)
+            preds = np.zeros((len(cs), F, g_max, k))
+            for r in np.unique(r_eff):
+                sel = np.flatnonzero(r_eff == r)
+                if r == 0:  # no direction at all (degenerate fold): nothing mapped beyond the mean
+                    preds[:, sel] = base[sel]
+                    continue
+                A, rho, Bt = np.linalg.svd(np.einsum("fma,fmb->fab", Zt[sel, :, :r], Zs[sel, :, :r]))
+                weight = np.clip(rho, 0.0, 1.0) if self.shrink else np.ones_like(rho)
+                u = np.einsum("fga,fab->fgb", zt[sel, :, :r], A * weight[:, None, :])
+                right = np.einsum("fab,fbk->fak", Bt, proj_s[sel, :r])
+                for i, c in enumerate(cs):
+                    q = max(1, min(candidates[c]["n_canonical"], r))
+                    preds[i, sel] = np.einsum("fgb,fbk->fgk", u[:, :, :q], right[:, :q]) + base[sel]
+            for i, c in enumerate(cs):
+                err[c, flat_rows] = preds[i][mask]
         return err
 
     def _apply_map(self, state: Any, X_target: np.ndarray) -> np.ndarray:

@@ -48,7 +48,7 @@ import numpy as np
 from ctbench.method import SourceData, Standards, Tags, TransferMethod
 
 from ._common import as_spectra, fit_source_pls, require_fitted, source_arrays, standards_arrays
-from ._dipls_core import extend_basis, fit_batch, relaxed_discrepancy_norm, row_space_basis
+from ._dipls_core import Domains, extend_basis, fit_batch, relaxed_discrepancy_norm, row_space_basis
 
 L_GRID = (0.0, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
 """Relative regularization values tried when l is None."""
@@ -72,11 +72,25 @@ def _map_arrays(domains: Any, f: Any) -> Any:
 
 
 def _core_domains(domains: Any, mode: str) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(xs, [xt, ...]) as ``fit_batch`` takes them, from a method's domains structure."""
+    """(xs, [xt, ...]) as ``Domains`` takes them, from a method's domains structure."""
     if mode == "gct":
         return domains, []
     xs, xt = domains
     return xs, list(xt) if isinstance(xt, list) else [xt]
+
+
+def _sample_means(X: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """One row per sample: the mean of its replicate rows (samples in order of first appearance)."""
+    g = np.asarray(groups)
+    if g.shape[0] != X.shape[0]:
+        raise ValueError(f"standards have {X.shape[0]} rows but {g.shape[0]} sample ids")
+    _, first, inverse = np.unique(g, return_index=True, return_inverse=True)
+    if len(first) == len(g):
+        return X
+    sums = np.zeros((len(first), X.shape[1]))
+    np.add.at(sums, inverse, X)
+    means = sums / np.bincount(inverse)[:, None]
+    return means[np.argsort(first)]
 
 
 def _relaxed_discrepancy_norm(xs_c: np.ndarray, xt_c: np.ndarray | list[np.ndarray]) -> float:
@@ -101,8 +115,8 @@ def fit_dipls_vector(
     xts = xt_c if isinstance(xt_c, list) else [xt_c]
     Q = row_space_basis(X_c, xs_c, *xts)
     A = max(1, min(int(n_components), X_c.shape[0] - 1, Q.shape[1]))
-    b = fit_batch((X_c @ Q)[None], np.asarray(y_c, dtype=float)[None], A, np.array([float(l_abs)]), xs_c @ Q,
-                  [x @ Q for x in xts], "mdipls" if multi_domain else "dipls")
+    dom = Domains(xs_c @ Q, [x @ Q for x in xts], "mdipls" if multi_domain else "dipls")
+    b = fit_batch((X_c @ Q)[None], np.asarray(y_c, dtype=float)[None], A, np.array([float(l_abs)]), dom)
     return Q @ b[0]
 
 
@@ -111,7 +125,8 @@ def fit_gct_vector(X_c: np.ndarray, y_c: np.ndarray, diffs: np.ndarray, n_compon
     Q = row_space_basis(X_c, diffs)
     A = max(1, min(int(n_components), X_c.shape[0] - 1, Q.shape[1]))
     yc = np.asarray(y_c, dtype=float)
-    b = fit_batch((X_c @ Q)[None], (yc - yc.mean())[None], A, np.array([float(l_abs)]), diffs @ Q, [], "gct")
+    dom = Domains(diffs @ Q, [], "gct")
+    b = fit_batch((X_c @ Q)[None], (yc - yc.mean())[None], A, np.array([float(l_abs)]), dom)
     return Q @ b[0]
 
 
@@ -126,12 +141,14 @@ class _DomainInvariantPLS(TransferMethod):
         n_components: int | None = None,
         l: float | None = None,
         source_domain: str = "standards",
+        l_selection: str = "calibration",
         max_components: int = 15,
         random_state: int = 0,
     ):
         self.n_components = n_components
         self.l = l
         self.source_domain = source_domain
+        self.l_selection = l_selection
         self.max_components = max_components
         self.random_state = random_state
 
@@ -143,6 +160,8 @@ class _DomainInvariantPLS(TransferMethod):
             raise ValueError(f"{self.name}: l must be >= 0 or None, got {self.l}")
         if self.source_domain not in ("standards", "calibration"):
             raise ValueError(f"{self.name}: source_domain must be 'standards' or 'calibration', got {self.source_domain!r}")
+        if self.l_selection not in ("calibration", "cv"):
+            raise ValueError(f"{self.name}: l_selection must be 'calibration' or 'cv', got {self.l_selection!r}")
         X, y = source_arrays(source)
         self.X_mean_ = X.mean(axis=0)
         self.y_mean_ = y.mean(axis=0)
@@ -169,6 +188,8 @@ class _DomainInvariantPLS(TransferMethod):
         if unlabelled is not None and self.tags.transductive:
             X_u = as_spectra(unlabelled, "unlabelled target spectra", self.n_channels_)
         self.offset_ = self._offset(Xs, Xt, X_u)
+        if self._sample_domains and standards is not None and standards.groups is not None and len(Xs):
+            Xs, Xt = _sample_means(Xs, standards.groups), _sample_means(Xt, standards.groups)
         self._learn(Xs, Xt, X_u)
         return self
 
@@ -187,31 +208,83 @@ class _DomainInvariantPLS(TransferMethod):
         domains = self._domains(Xs, Xt, X_u)
         # One basis for every fit of this transfer (all CV folds, all properties): the
         # fold-wise centred calibration rows and the domains all lie in this row space.
-        # The calibration's part comes from fit; only the domains' new directions are added.
-        extra = extend_basis(self._Qx, np.vstack(_arrays(domains)), self._sx)
+        # The calibration's part comes from fit (the calibration is X_c = Xq Qx^T, zero
+        # beyond it); only the domains' new directions are added here.
+        arrays = _arrays(domains)
+        rows = np.vstack(arrays)
+        extra, in_qx, in_extra = extend_basis(self._Qx, rows, self._sx)
         Q = np.hstack([self._Qx, extra])
-        Xq = np.hstack([self._Xq, np.zeros((self._Xq.shape[0], extra.shape[1]))])  # X_c is orthogonal to `extra`
-        dq = _map_arrays(domains, lambda a: a @ Q)
+        coords = np.hstack([in_qx, in_extra])
+        splits = np.cumsum([a.shape[0] for a in arrays])[:-1]
+        pieces = iter(np.split(coords, splits))
+        dq = _map_arrays(domains, lambda a: next(pieces))
+        dom = Domains(*_core_domains(dq, self._mode), self._mode)
+        Xq = self._Xq
         k = self.n_properties_
         self.coef_ = np.zeros((self.n_channels_, k))
         self.l_ = np.zeros(k)
         self.l_abs_ = np.zeros(k)
-        d = self._discrepancy_norm(dq)
+        d = dom.norm()
         for j in range(k):
             y_c = self._y_c[:, j]
-            a = max(1, min(self._n_components(j, domains), Xq.shape[0] - 1, Xq.shape[1]))
+            a = max(1, min(self._n_components(j, domains), Xq.shape[0] - 1, Q.shape[1]))
             scale = float(y_c @ y_c) / d if d > 0 else 0.0
-            rel = float(self.l) if self.l is not None else self._select_l(Xq, dq, y_c, a, scale)
+            if self.l is not None:
+                rel, b = float(self.l), None
+            elif self.l_selection == "cv":
+                rel, b = self._select_l(Xq, dom, y_c, a, scale), None
+            else:
+                rel, b = self._select_l_on_calibration(Xq, dom, y_c, a, scale)
+            if b is None:
+                b = fit_batch(Xq[None], y_c[None], a, np.array([rel * scale]), dom)[0]
             self.l_[j] = rel
             self.l_abs_[j] = rel * scale
-            b = self._fit(Xq[None], y_c[None], dq, a, np.array([rel * scale]))
-            self.coef_[:, j] = Q @ b[0]
+            self.coef_[:, j] = Q @ b
 
     def _n_components(self, j: int, domains: Any) -> int:
         return int(self.n_components_[j])
 
+    def _select_l_on_calibration(
+        self, X_c: np.ndarray, domains: Any, y_c: np.ndarray, n_components: int, scale: float
+    ) -> tuple[float, np.ndarray]:
+        """Largest l on L_GRID whose source calibration RMSE is within L_TOLERANCE of ordinary PLS (l = 0).
+
+        ``l_selection="calibration"`` (the default of dipls and mdipls): the same rule as
+        ``_select_l`` with the calibration's own fit error in place of the 5-fold RMSECV. A
+        positive l trades source fit for invariance; the rule keeps as much invariance as
+        costs at most 5 % of source accuracy, walking the grid from the largest value down.
+        It needs one fit per l tried (l = 0 and the largest together) instead of five, and
+        the accepted fit is the model. Returns (l, regression vector in the working basis).
+        """
+        if scale <= 0:
+            return 0.0, fit_batch(X_c[None], y_c[None], n_components, np.array([0.0]), domains)[0]
+        k = X_c.shape[1]
+
+        def fits(rels: list[float]) -> tuple[np.ndarray, np.ndarray]:
+            B = len(rels)
+            b = fit_batch(np.repeat(X_c[None], B, axis=0), np.repeat(y_c[None], B, axis=0), n_components,
+                          np.asarray(rels, dtype=float) * scale, domains)
+            return b, (((X_c @ b[:, :k].T) - y_c[:, None]) ** 2).sum(axis=0)
+
+        grid = sorted(L_GRID, reverse=True)
+        b2, sse = fits([0.0, grid[0]] if grid[0] > 0 else [0.0])
+        limit = (1.0 + L_TOLERANCE) ** 2 * sse[0]
+        for rel in grid:
+            if rel == 0.0:
+                return 0.0, b2[0]
+            if rel == grid[0]:
+                b, e = b2[1], sse[1]
+            else:
+                bb, ee = fits([rel])
+                b, e = bb[0], ee[0]
+            if e <= limit:
+                return float(rel), b
+        return 0.0, b2[0]
+
     def _select_l(self, X_c: np.ndarray, domains: Any, y_c: np.ndarray, n_components: int, scale: float) -> float:
         """Largest l on L_GRID whose 5-fold source RMSECV is within L_TOLERANCE of ordinary PLS (l = 0).
+
+        ``l_selection="cv"`` (the default of gctpls and dipls_t).
 
         The folds split the source calibration (labelled rows); the domains (xs, xt) stay
         whole. A positive l trades source fit for invariance, so the rule keeps as much
@@ -244,10 +317,10 @@ class _DomainInvariantPLS(TransferMethod):
                     Xb[:, f, : len(yf)] = Xf
                     yb[:, f, : len(yf)] = yf
                 l_abs = np.repeat(np.asarray(rels, dtype=float) * scale, len(splits))
-                b = self._fit(Xb.reshape(-1, rows, X_c.shape[1]), yb.reshape(-1, rows), domains, a, l_abs)
+                b = fit_batch(Xb.reshape(-1, rows, X_c.shape[1]), yb.reshape(-1, rows), a, l_abs, domains)
                 b = b.reshape(len(rels), len(splits), -1)
                 for f, (_, _, ym, Xtest, ytest) in enumerate(splits):
-                    total += (((Xtest @ b[:, f].T) + ym - ytest[:, None]) ** 2).sum(axis=0)
+                    total += (((Xtest @ b[:, f, : X_c.shape[1]].T) + ym - ytest[:, None]) ** 2).sum(axis=0)
             return [float(v) for v in total]
 
         grid = sorted(L_GRID, reverse=True)
@@ -279,16 +352,7 @@ class _DomainInvariantPLS(TransferMethod):
         return xs - xs.mean(axis=0), Xt - Xt.mean(axis=0)
 
     _mode = "dipls"
-
-    def _discrepancy_norm(self, domains: Any) -> float:
-        """||D||_2 of the first latent variable's discrepancy matrix (the unit of the relative l)."""
-        xs_c, xts = _core_domains(domains, self._mode)
-        return relaxed_discrepancy_norm(xs_c, xts)
-
-    def _fit(self, X: np.ndarray, y: np.ndarray, domains: Any, n_components: int, l_abs: np.ndarray) -> np.ndarray:
-        """Regression vectors (B, m) of a batch of centred calibrations X (B, n, m), y (B, n)."""
-        xs_c, xts = _core_domains(domains, self._mode)
-        return fit_batch(X, y, n_components, l_abs, xs_c, xts, self._mode)
+    _sample_domains = True
 
     @classmethod
     def search_space(cls, trial: Any) -> dict[str, Any]:
@@ -352,10 +416,11 @@ class DIPLSTransductive(_DomainInvariantPLS):
         n_components: int | None = None,
         l: float | None = None,
         source_domain: str = "calibration",
+        l_selection: str = "cv",
         max_components: int = 15,
         random_state: int = 0,
     ):
-        super().__init__(n_components, l, source_domain, max_components, random_state)
+        super().__init__(n_components, l, source_domain, l_selection, max_components, random_state)
 
     def _standards(self, standards: Standards | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         p, k = self.n_channels_, self.n_properties_
@@ -422,14 +487,21 @@ class GCTPLS(_DomainInvariantPLS):
     description = "graph-based calibration transfer PLS (diPLSlib) with the paired standards"
     _tunes_source_domain = False
 
+    def __init__(
+        self,
+        n_components: int | None = None,
+        l: float | None = None,
+        source_domain: str = "standards",
+        l_selection: str = "cv",
+        max_components: int = 15,
+        random_state: int = 0,
+    ):
+        super().__init__(n_components, l, source_domain, l_selection, max_components, random_state)
+
     def _domains(self, Xs: np.ndarray, Xt: np.ndarray, X_u: np.ndarray | None) -> Any:
         return Xs - Xt
 
     _mode = "gct"
-
-    def _discrepancy_norm(self, domains: Any) -> float:
-        s = np.linalg.svd(domains, compute_uv=False)
-        return float(s[0] ** 2) / domains.shape[0] if s.size else 0.0
 
 
 for _cls, _sd in ((DIPLS, "standards"), (DIPLSTransductive, "calibration"), (MDIPLS, "standards"), (GCTPLS, "standards")):

@@ -101,21 +101,38 @@ class DS(SpectralStandardization):
         """
         n = Xs.shape[0]
         Ys = Xs @ self.source_model_.coef_  # (n, k): source-model view of the source spectra
+        k = Ys.shape[1]
         Ut, st, _ = np.linalg.svd(Xt, full_matrices=False)
         L = Ut * st  # Xt = L V^T with orthonormal V
         ranks = np.array([c.get("n_components", 0) for c in candidates])[:, None]
         alphas = np.array([c.get("alpha", 0.0) for c in candidates])[:, None]
-        err = np.zeros((len(candidates), n, Ys.shape[1]))
-        for rows in folds:
+        # all folds in one batched SVD: rows of zeros pad the smaller folds (no effect on the
+        # singular values, the right vectors or U^T y)
+        F = len(folds)
+        m_max = max(n - len(f) for f in folds)
+        g_max = max(len(f) for f in folds)
+        T = np.zeros((F, m_max, L.shape[1]))
+        Yc = np.zeros((F, m_max, k))
+        held = np.zeros((F, g_max, L.shape[1]))
+        base = np.zeros((F, g_max, k))
+        mask = np.zeros((F, g_max), dtype=bool)
+        for f, rows in enumerate(folds):
             keep = np.ones(n, dtype=bool)
             keep[rows] = False
-            mt = L[keep].mean(axis=0)
-            ym = Ys[keep].mean(axis=0)
-            U, s, Vh = np.linalg.svd(L[keep] - mt, full_matrices=False)
-            f = svd_filter(s[None, :], self.regularization, ranks, alphas)  # (candidates, K)
-            z = (L[rows] - mt) @ Vh.T  # (g, K)
-            g = U.T @ (Ys[keep] - ym)  # (K, k)
-            err[:, rows] = np.einsum("gK,cK,Kk->cgk", z, f, g) + (ym - Ys[rows])
+            m, g = n - len(rows), len(rows)
+            mt, ym = L[keep].mean(axis=0), Ys[keep].mean(axis=0)
+            T[f, :m] = L[keep] - mt
+            Yc[f, :m] = Ys[keep] - ym
+            held[f, :g] = L[rows] - mt
+            base[f, :g] = ym - Ys[rows]
+            mask[f, :g] = True
+        U, s, Vh = np.linalg.svd(T, full_matrices=False)
+        filt = svd_filter(s[:, None, :], self.regularization, ranks[None], alphas[None])  # (F, candidates, K)
+        z = np.einsum("fgn,fKn->fgK", held, Vh)
+        g_ = np.einsum("fmK,fmk->fKk", U, Yc)
+        pred = np.einsum("fgK,fcK,fKk->cfgk", z, filt, g_) + base[None]
+        err = np.zeros((len(candidates), n, k))
+        err[:, np.concatenate(folds)] = pred[:, mask]
         return err
 
     def _apply_map(self, state: Any, X_target: np.ndarray) -> np.ndarray:

@@ -70,6 +70,49 @@ def _batched_pls1_path(Xw: np.ndarray, y: np.ndarray, n_components: int) -> np.n
     return B
 
 
+def _kernel_pls1_path(XtX: np.ndarray, Xty: np.ndarray, n_components: int) -> np.ndarray:
+    """PLS1 from cross-products, for a batch of windows: XtX (..., w, w), Xty (..., w) of centred data.
+
+    The kernel algorithm of Dayal & MacGregor (J. Chemometrics 1997): only X^T y is deflated,
+    the weights are turned into the rotations ``R = W (P^T W)^-1`` one at a time, and
+    ``B_a = sum_{b <= a} r_b q_b``. The same coefficients as NIPALS in exact arithmetic, at a
+    cost that does not depend on the number of samples. Returns (A, ..., w): ``[a-1]`` with a
+    latent variables. A window with no covariance left keeps its last model (as in
+    ``_batched_pls1_path``).
+    """
+    A = max(1, int(n_components))
+    shape = Xty.shape
+    w = shape[-1]
+    XtX = XtX.reshape(-1, w, w)
+    xy = Xty.reshape(-1, w).copy()
+    scale = np.einsum("mii->m", XtX)  # total variance of the window
+    first = np.sqrt(np.einsum("mw,mw->m", xy, xy))
+    active = scale > 0
+    Rs: list[np.ndarray] = []
+    Ps: list[np.ndarray] = []
+    out = np.empty((A,) + xy.shape)
+    coef = np.zeros_like(xy)
+    for a in range(A):
+        norm = np.sqrt(np.einsum("mw,mw->m", xy, xy))
+        active &= norm > 1e-10 * first
+        r = xy * (active / np.where(active, norm, 1.0))[:, None]
+        wa = r.copy()
+        for Rb, Pb in zip(Rs, Ps):
+            r -= np.einsum("mw,mw->m", Pb, wa)[:, None] * Rb
+        Sr = np.einsum("mvw,mw->mv", XtX, r)
+        tt = np.einsum("mw,mw->m", r, Sr)
+        active &= tt > 1e-20 * scale
+        inv = active / np.where(active, tt, 1.0)
+        pa = Sr * inv[:, None]
+        qa = np.einsum("mw,mw->m", r, xy) * inv
+        xy -= pa * (qa * tt)[:, None]
+        Rs.append(r)
+        Ps.append(pa)
+        coef += r * qa[:, None]
+        out[a] = coef
+    return out.reshape((A,) + shape)
+
+
 def _batched_svd_solve(Xw: np.ndarray, y: np.ndarray, settings: list[tuple[str, int, float]]) -> list[np.ndarray]:
     """Regularized least squares for every window at once, one batched SVD for all settings.
 
@@ -169,6 +212,67 @@ class PDS(SpectralStandardization):
             coefs = _batched_svd_solve(Xw, y, settings)
         # contiguous coefficients: einsum then sums in the same order after a pickle round trip
         return [(target_mean, source_mean, np.ascontiguousarray(coef)) for coef in coefs]
+
+    def _loo_errors(
+        self, Xs: np.ndarray, Xt: np.ndarray, candidates: list[dict[str, Any]], folds: list[np.ndarray]
+    ) -> np.ndarray:
+        """Held-out errors of every local latent-variable count, from windowed cross-products.
+
+        Solver "pls" only (the others use the reference loop). A fold's centred cross-products
+        are those of all standards minus the held-out rows' and a rank-one mean correction,
+        so every fold and channel is a small w x w kernel-PLS problem, all solved at once.
+        """
+        if self.solver != "pls":
+            return super()._loo_errors(Xs, Xt, candidates, folds)
+        n = Xs.shape[0]
+        h = int(self.half_window)
+        coef_src = self.source_model_.coef_
+        xt = Xt - Xt.mean(axis=0)
+        xs = Xs - Xs.mean(axis=0)
+        win = _windows(xt, h)  # (p, n, w)
+        S = np.einsum("pnv,pnw->pvw", win, win)
+        sy = np.einsum("pnw,np->pw", win, xs)
+        counts = [c["n_components"] for c in candidates]
+        A = max(counts)
+        if all(len(rows) == 1 for rows in folds):
+            # leave-one-row-out, all folds at once: removing row i and re-centring subtracts
+            # n / (n - 1) x_i x_i^T from the centred cross-products
+            order = np.concatenate(folds)
+            wo = win[:, order]  # (p, F, w)
+            f_ = n / (n - 1.0)
+            XtX = S[None] - f_ * np.einsum("pfv,pfw->fpvw", wo, wo)
+            Xty = sy[None] - f_ * np.einsum("pfw,fp->fpw", wo, xs[order])
+            B = _kernel_pls1_path(XtX, Xty, A)  # (A, F, p, w)
+            # held-out row i centred on its fold's mean is x_i n / (n - 1); the fold's source mean
+            # is m_s - x_s,i / (n - 1)
+            mapped = f_ * np.einsum("pfw,afpw->afp", wo, B) - xs[order][None] / (n - 1.0)
+            resid = (mapped - xs[order][None]) @ coef_src  # (A, F, k)
+            err = np.zeros((len(candidates), n, coef_src.shape[1]))
+            for c, a in enumerate(counts):
+                err[c, order] = resid[a - 1]
+            return err
+        F = len(folds)
+        XtX = np.empty((F,) + S.shape)
+        Xty = np.empty((F,) + sy.shape)
+        for f, rows in enumerate(folds):
+            rest = n - len(rows)
+            wg = win[:, rows]  # (p, g, w)
+            dx = -wg.sum(axis=1) / rest  # fold mean minus full mean, windowed (p, w)
+            dy = -xs[rows].sum(axis=0) / rest  # (p,)
+            XtX[f] = S - np.einsum("pgv,pgw->pvw", wg, wg) - rest * dx[:, :, None] * dx[:, None, :]
+            Xty[f] = sy - np.einsum("pgw,gp->pw", wg, xs[rows]) - rest * dx * dy[:, None]
+        B = _kernel_pls1_path(XtX, Xty, A)  # (A, F, p, w)
+        err = np.zeros((len(candidates), n, coef_src.shape[1]))
+        for f, rows in enumerate(folds):
+            rest = n - len(rows)
+            dx_full = -xt[rows].sum(axis=0) / rest  # fold target mean minus full, per channel
+            dy = -xs[rows].sum(axis=0) / rest
+            held = _windows(xt[rows] - dx_full, h)  # (p, g, w): held-out rows centred on the fold mean
+            mapped = np.einsum("pgw,apw->agp", held, B[:, f]) + dy  # (A, g, p), centred on the full source mean
+            resid = (mapped - xs[rows]) @ coef_src  # (A, g, k)
+            for c, a in enumerate(counts):
+                err[c, rows] = resid[a - 1]
+        return err
 
     def _apply_map(self, state: Any, X_target: np.ndarray) -> np.ndarray:
         target_mean, source_mean, coef = state

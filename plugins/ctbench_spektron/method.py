@@ -116,6 +116,24 @@ def torch_threads(n: int) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
+def group_means(groups: np.ndarray | None, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Row means per replicate group (the runner's sample ids), in order of first appearance."""
+    if groups is None or len(arrays[0]) == 0:
+        return arrays
+    g = np.asarray(groups)
+    _, first, inverse = np.unique(g, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    if order.size == g.size:
+        return arrays
+    counts = np.bincount(inverse)
+    out = []
+    for a in arrays:
+        sums = np.zeros((counts.size,) + a.shape[1:])
+        np.add.at(sums, inverse, a)
+        out.append((sums / counts.reshape((-1,) + (1,) * (a.ndim - 1)))[order])
+    return tuple(out)
+
+
 def _as_2d(y: Any) -> np.ndarray:
     y = np.array(y, dtype=float, copy=True)
     return y[:, None] if y.ndim == 1 else y
@@ -136,8 +154,9 @@ class Spektron(TransferMethod):
                  align_weight: float = 1.0, ttt_steps: int = 0, recon_weight: float = 1.0,
                  moments_weight: float = 1.0, pds_first: bool = False, stats_weight: float = 1.0,
                  mc_dropout: float = 0.1, mc_samples: int = 32, interval_alpha: float = 0.1,
-                 conformal: str = "standards_cv", conformal_folds: int = 5, finetune_steps: int = 60,
-                 head_refit: float = 0.0, domain: str = "auto", threads: int = 1, random_state: int = 0):
+                 conformal: str = "standards_cv", conformal_folds: int = 3, finetune_steps: int = 60,
+                 head_refit: float = 0.5, guard: bool = True, domain: str = "auto", threads: int = 1,
+                 random_state: int = 0):
         self.checkpoint = checkpoint
         self.pretrained = pretrained
         self.readout = readout
@@ -161,6 +180,7 @@ class Spektron(TransferMethod):
         self.conformal_folds = conformal_folds
         self.finetune_steps = finetune_steps
         self.head_refit = head_refit
+        self.guard = guard
         self.domain = domain
         self.threads = threads
         self.random_state = random_state
@@ -300,7 +320,7 @@ class Spektron(TransferMethod):
         W, b = ridge_solution(F, ys, self.penalty_)
         del feats
         # how much of the backbone to unfreeze: head only, or the last block with the head (holdout)
-        self.unfreeze_ = "head" if self.unfreeze == "auto" and int(self.finetune_steps) <= 0 else self.unfreeze
+        self.unfreeze_ = "head" if int(self.finetune_steps) <= 0 else self.unfreeze
         self.unfreeze_scores_ = None
         if self.unfreeze in ("auto", "last") and int(self.finetune_steps) > 0:
             from .adapt import adapted_stage_names, finetune_last_stage
@@ -414,9 +434,12 @@ class Spektron(TransferMethod):
             task.unlabelled = self._grid(model, X_unl, self.axis_, self.axis_unit_)
         return task
 
-    def _train(self, model: Any, Xs: np.ndarray, Xt: np.ndarray, ys: np.ndarray, X_unl: np.ndarray | None, seed: int):
+    def _train(self, model: Any, Xs: np.ndarray, Xt: np.ndarray, ys: np.ndarray, X_unl: np.ndarray | None, seed: int,
+               groups: np.ndarray | None = None):
+        """Adapter training on the standards (replicate spectra of a sample averaged first)."""
         from .adapt import adapted_stage_names, train_adapter
 
+        Xs, Xt, ys = group_means(groups, Xs, Xt, ys)
         stages = adapted_stage_names(model, self.readout_, int(self.adapt_blocks))
         ttt = X_unl is not None and int(self.ttt_steps) > 0
         steps = max(int(self.transfer_steps) if Xt.shape[0] else 0, int(self.ttt_steps) if ttt else 0)
@@ -428,7 +451,8 @@ class Spektron(TransferMethod):
         return train_adapter(model, self.readout_, stages, self._base_overrides(model), self.scaling_, W, b, task,
                              self._settings(steps), self.n_targets_, seed)
 
-    def _refit_head(self, model: Any, res: Any, Xt: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _refit_head(self, model: Any, res: Any, Xt: np.ndarray, ys: np.ndarray,
+                    groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(W, b, bias_delta) of the head after an adapter training: the trained bias, or with
         ``head_refit`` > 0 a ridge refit on the source calibration plus the standards' adapted
         target features (each standard weighted ``head_refit``)."""
@@ -436,6 +460,7 @@ class Spektron(TransferMethod):
             return self.source_W_, self.source_b_, res.bias_delta
         from .readout import forward_all, weighted_ridge_solution
 
+        Xt, ys = group_means(groups, Xt, ys)
         mods = {**self._base_overrides(model), **self._states_to_modules(model, res.states)}
         gs = self._grid(model, Xt, self.axis_, self.axis_unit_)
         Z = forward_all(model, gs, self.readout_, overrides=mods)[self.readout_]
@@ -474,6 +499,8 @@ class Spektron(TransferMethod):
         if unlabelled is not None and self.tags.transductive:
             X_unl = np.array(unlabelled, dtype=float, copy=True)
         self.pds_transferred_ = False
+        Xt_raw = Xt
+        pds_fitted = self.pds_ if self.pds_first else None
         if self.pds_first and n >= 2:
             self.pds_ = copy.deepcopy(self.pds_).transfer(standards)
             self.pds_transferred_ = True
@@ -484,18 +511,32 @@ class Spektron(TransferMethod):
             self.adapted_states_, self.transferred_, self.transfer_loss_ = {}, False, []
         else:
             model = self._model()
-            res = self._train(model, Xs, Xt, ys, X_unl, self.random_state)
+            res = self._train(model, Xs, Xt, ys, X_unl, self.random_state, standards.groups)
             self._apply_result(res)
-            self.head_W_, self.head_b_, self.bias_delta_ = self._refit_head(model, res, Xt, ys)
-        # conformal calibration
+            self.head_W_, self.head_b_, self.bias_delta_ = self._refit_head(model, res, Xt, ys, standards.groups)
+        # cross-validation over the standards: the guard's choice and the conformal scores
+        self.use_adapted_ = np.ones(self.n_targets_, dtype=bool)
+        self.fallback_bias_ = np.zeros(self.n_targets_)
+        self.guard_cv_ = None
+        cv = None
+        if n >= 2 and (bool(self.guard) or self.conformal == "standards_cv") and self.transferred_:
+            cv = self._standards_cv(standards, Xs, Xt if pds_fitted is None else Xt_raw, ys, X_unl, pds_fitted)
+        if cv is not None and bool(self.guard):
+            rmse_a = np.sqrt((cv["resid_a"] ** 2).mean(0))
+            rmse_b = np.sqrt((cv["resid_b"] ** 2).mean(0))
+            self.use_adapted_ = rmse_a <= rmse_b
+            self.guard_cv_ = {"adapted": rmse_a.tolist(), "source_head_bias": rmse_b.tolist()}
+            if not self.use_adapted_.all():
+                F0 = self._features(self._model(), Xt, self._base_overrides(self._model()), stats_affine=False)
+                self.fallback_bias_ = (ys - (F0 @ self.source_W_ + self.source_b_)).mean(0)
         self.conformal_source_ = "none"
         self.conformal_q_ = None
         self.conformal_n_ = 0
         if self.conformal != "none":
             scores = np.zeros((0, self.n_targets_))
             source = []
-            if self.conformal == "standards_cv" and n >= 2:
-                scores = self._standards_cv_scores(Xs, Xt, ys, X_unl, standards.groups)
+            if self.conformal == "standards_cv" and cv is not None:
+                scores = np.where(self.use_adapted_[None, :], cv["scores_a"], cv["scores_b"])
                 source.append("standards_cv")
             from .uncertainty import conformal_quantile, conformal_valid
 
@@ -508,24 +549,41 @@ class Spektron(TransferMethod):
         self.source_features_ = self.source_ys_ = None  # not needed after the transfer (lighter copies)
         return self
 
-    def _standards_cv_scores(self, Xs: np.ndarray, Xt: np.ndarray, ys: np.ndarray, X_unl: np.ndarray | None,
-                             groups: np.ndarray | None) -> np.ndarray:
-        """Normalized residuals of held-out standards, each predicted by adapters trained without it."""
+    def _standards_cv(self, standards: Standards, Xs: np.ndarray, Xt: np.ndarray, ys: np.ndarray,
+                      X_unl: np.ndarray | None, pds_fitted: Any = None) -> dict[str, np.ndarray]:
+        """K-fold CV over the standards: each held-out standard predicted (a) by adapters trained
+        without it and (b) by the source head with a bias from the other standards. Returns the
+        residuals and the normalized conformal scores of both, for the rows that were held out
+        (with ``pds_fitted``, Xt are the raw target spectra and PDS is refitted without them too)."""
+        import dataclasses
+
         from .readout import group_folds
         from .uncertainty import mc_dropout_spread
 
         model = self._model()
+        groups = standards.groups
         n = Xt.shape[0]
         folds = group_folds(n, groups, int(self.conformal_folds), self.random_state + 7)
-        out = np.zeros((n, self.n_targets_))
+        out = {k: np.zeros((n, self.n_targets_)) for k in ("resid_a", "resid_b", "scores_a", "scores_b")}
+        done = np.zeros(n, dtype=bool)
+        base = self._base_overrides(model)
         for j, val in enumerate(folds):
             tr = np.setdiff1d(np.arange(n), val)
             if tr.size < 1:
                 continue
-            res = self._train(model, Xs[tr], Xt[tr], ys[tr], X_unl, self.random_state + 101 + j)
-            W, b, bias = self._refit_head(model, res, Xt[tr], ys[tr])
+            g_tr = None if groups is None else np.asarray(groups)[tr]
+            Xt_tr, Xt_val = Xt[tr], Xt[val]
+            if pds_fitted is not None:
+                if tr.size < 2:
+                    continue
+                sub = dataclasses.replace(standards, X_source=standards.X_source[tr], X_target=standards.X_target[tr],
+                                          y=standards.y[tr], groups=g_tr)
+                fold_pds = copy.deepcopy(pds_fitted).transfer(sub)
+                Xt_tr, Xt_val = fold_pds.transform_target(Xt_tr), fold_pds.transform_target(Xt_val)
+            res = self._train(model, Xs[tr], Xt_tr, ys[tr], X_unl, self.random_state + 101 + j, g_tr)
+            W, b, bias = self._refit_head(model, res, Xt_tr, ys[tr], g_tr)
             mods = {**self._base_overrides(model), **self._states_to_modules(model, res.states)}
-            gs = self._grid(model, Xt[val], self.axis_, self.axis_unit_)
+            gs = self._grid(model, Xt_val, self.axis_, self.axis_unit_)
             from .readout import forward_all
 
             Z = forward_all(model, gs, self.readout_, overrides=mods)[self.readout_]
@@ -533,12 +591,23 @@ class Spektron(TransferMethod):
             F[:, -2:] = F[:, -2:] * res.stats_scale + res.stats_shift
             pred = F @ W + b + bias
             sd = mc_dropout_spread(F, W, float(self.mc_dropout), int(self.mc_samples), self.random_state + j)
-            out[val] = self._scores(pred, ys[val], sd)
-        return out
+            out["resid_a"][val] = pred - ys[val]
+            out["scores_a"][val] = self._scores(pred, ys[val], sd)
+            # (b) the source head on the unadapted path, bias from the fold's other standards
+            F0_tr = self._features(model, Xt_tr, base, stats_affine=False)
+            bias_b = (ys[tr] - (F0_tr @ self.source_W_ + self.source_b_)).mean(0)
+            Z0 = forward_all(model, gs, self.readout_, overrides=base)[self.readout_]
+            F0 = self.scaling_.apply(Z0, gs.stats)
+            pred_b = F0 @ self.source_W_ + self.source_b_ + bias_b
+            sd_b = mc_dropout_spread(F0, self.source_W_, float(self.mc_dropout), int(self.mc_samples), self.random_state + j)
+            out["resid_b"][val] = pred_b - ys[val]
+            out["scores_b"][val] = self._scores(pred_b, ys[val], sd_b)
+            done[val] = True
+        return {k: v[done] for k, v in out.items()}
 
     # --- predict ---
     def _predict_scaled(self, X_target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(predictions in y / sd units, features) with a one-entry cache for predict_interval."""
+        """(predictions, MC-dropout spreads), both in y / sd units, with a one-entry cache for predict_interval."""
         if not hasattr(self, "head_W_"):
             raise RuntimeError(f"{self.name}: call fit() before predict()")
         X = np.array(X_target, dtype=float, copy=True)
@@ -549,34 +618,37 @@ class Spektron(TransferMethod):
         last = cache.get("last")
         if last is not None and last[0] == key:
             return last[1], last[2]
+        from .uncertainty import floor_spread, mc_dropout_spread
+
+        rate, T, seed = float(self.mc_dropout), int(self.mc_samples), self.random_state + 3
         with torch_threads(self.threads):
             model = self._model()
-            F = self._features(model, self._target_spectra(X), self._overrides(model), stats_affine=True)
-        pred = F @ self.head_W_ + self.head_b_ + self.bias_delta_
-        cache["last"] = (key, pred, F)
-        return pred, F
+            Xc = self._target_spectra(X)
+            F = self._features(model, Xc, self._overrides(model), stats_affine=True)
+            pred = F @ self.head_W_ + self.head_b_ + self.bias_delta_
+            sd = mc_dropout_spread(F, self.head_W_, rate, T, seed)
+            use = getattr(self, "use_adapted_", None)
+            if use is not None and not use.all():  # the guard kept the source head for these properties
+                F0 = self._features(model, Xc, self._base_overrides(model), stats_affine=False)
+                pred = np.where(use[None, :], pred, F0 @ self.source_W_ + self.source_b_ + self.fallback_bias_)
+                sd = np.where(use[None, :], sd, mc_dropout_spread(F0, self.source_W_, rate, T, seed))
+        sd = floor_spread(sd, self.source_spread_median_[None, :] * np.ones_like(sd))
+        cache["last"] = (key, pred, sd)
+        return pred, sd
 
     def predict(self, X_target: np.ndarray) -> np.ndarray:
         return self._predict_scaled(X_target)[0] * self.y_scale_
 
     def predict_interval(self, X_target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper) bounds (n, k) of the split-conformal intervals at 1 - interval_alpha."""
-        from .uncertainty import floor_spread, mc_dropout_spread
-
-        pred, F = self._predict_scaled(X_target)
+        pred, sd = self._predict_scaled(X_target)
         q = self.conformal_q_ if getattr(self, "conformal_q_", None) is not None else np.full(self.n_targets_, np.inf)
-        sd = mc_dropout_spread(F, self.head_W_, float(self.mc_dropout), int(self.mc_samples), self.random_state + 3)
-        sd = floor_spread(sd, self.source_spread_median_[None, :] * np.ones_like(sd))
         half = q * sd
         return (pred - half) * self.y_scale_, (pred + half) * self.y_scale_
 
     def predict_spread(self, X_target: np.ndarray) -> np.ndarray:
-        """MC-dropout standard deviation (n, k) of each prediction, in the values' units."""
-        from .uncertainty import mc_dropout_spread
-
-        _, F = self._predict_scaled(X_target)
-        return mc_dropout_spread(F, self.head_W_, float(self.mc_dropout), int(self.mc_samples),
-                                 self.random_state + 3) * self.y_scale_
+        """MC-dropout standard deviation (n, k) of each prediction (floored), in the values' units."""
+        return self._predict_scaled(X_target)[1] * self.y_scale_
 
     def record_extras(self) -> dict[str, Any]:
         """What the run records beside the metrics: the choices made on validation data, the conformal calibration."""
@@ -586,6 +658,8 @@ class Spektron(TransferMethod):
             "unfreeze": getattr(self, "unfreeze_", None),
             "unfreeze_validation": getattr(self, "unfreeze_scores_", None),
             "transfer_loss": getattr(self, "transfer_loss_", None),
+            "guard": None if getattr(self, "guard_cv_", None) is None else {
+                "adapted": [bool(v) for v in self.use_adapted_], "cv_rmse": self.guard_cv_},
         }
         if getattr(self, "conformal_q_", None) is not None:
             out["conformal"] = {"calibration": self.conformal_source_, "n_scores": self.conformal_n_,
@@ -625,10 +699,11 @@ class SpektronTTT(Spektron):
                  unfreeze: str = "auto", adapter: str = "lora", adapt_blocks: int = 2, lora_rank: int = 4,
                  lora_alpha: float | None = None, transfer_steps: int = 80, lr: float = 3e-3,
                  align_weight: float = 1.0, ttt_steps: int = 40, recon_weight: float = 1.0,
-                 moments_weight: float = 1.0, pds_first: bool = False, stats_weight: float = 1.0,
+                 moments_weight: float = 10.0, pds_first: bool = False, stats_weight: float = 1.0,
                  mc_dropout: float = 0.1, mc_samples: int = 32, interval_alpha: float = 0.1,
-                 conformal: str = "standards_cv", conformal_folds: int = 5, finetune_steps: int = 60,
-                 head_refit: float = 0.0, domain: str = "auto", threads: int = 1, random_state: int = 0):
+                 conformal: str = "standards_cv", conformal_folds: int = 3, finetune_steps: int = 60,
+                 head_refit: float = 0.5, guard: bool = True, domain: str = "auto", threads: int = 1,
+                 random_state: int = 0):
         super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
 
     @classmethod
@@ -653,8 +728,9 @@ class SpektronNoPretrain(Spektron):
                  align_weight: float = 1.0, ttt_steps: int = 0, recon_weight: float = 1.0,
                  moments_weight: float = 1.0, pds_first: bool = False, stats_weight: float = 1.0,
                  mc_dropout: float = 0.1, mc_samples: int = 32, interval_alpha: float = 0.1,
-                 conformal: str = "standards_cv", conformal_folds: int = 5, finetune_steps: int = 60,
-                 head_refit: float = 0.0, domain: str = "auto", threads: int = 1, random_state: int = 0):
+                 conformal: str = "standards_cv", conformal_folds: int = 3, finetune_steps: int = 60,
+                 head_refit: float = 0.5, guard: bool = True, domain: str = "auto", threads: int = 1,
+                 random_state: int = 0):
         super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
 
 
@@ -670,8 +746,9 @@ class SpektronFullFT(Spektron):
                  align_weight: float = 1.0, ttt_steps: int = 0, recon_weight: float = 1.0,
                  moments_weight: float = 1.0, pds_first: bool = False, stats_weight: float = 1.0,
                  mc_dropout: float = 0.1, mc_samples: int = 32, interval_alpha: float = 0.1,
-                 conformal: str = "standards_cv", conformal_folds: int = 5, finetune_steps: int = 60,
-                 head_refit: float = 0.0, domain: str = "auto", threads: int = 1, random_state: int = 0):
+                 conformal: str = "standards_cv", conformal_folds: int = 3, finetune_steps: int = 60,
+                 head_refit: float = 0.5, guard: bool = True, domain: str = "auto", threads: int = 1,
+                 random_state: int = 0):
         super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
 
 
@@ -688,8 +765,9 @@ class SpektronPDS(Spektron):
                  align_weight: float = 1.0, ttt_steps: int = 0, recon_weight: float = 1.0,
                  moments_weight: float = 1.0, pds_first: bool = True, stats_weight: float = 1.0,
                  mc_dropout: float = 0.1, mc_samples: int = 32, interval_alpha: float = 0.1,
-                 conformal: str = "standards_cv", conformal_folds: int = 5, finetune_steps: int = 60,
-                 head_refit: float = 0.0, domain: str = "auto", threads: int = 1, random_state: int = 0):
+                 conformal: str = "standards_cv", conformal_folds: int = 3, finetune_steps: int = 60,
+                 head_refit: float = 0.5, guard: bool = True, domain: str = "auto", threads: int = 1,
+                 random_state: int = 0):
         super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
 
 
