@@ -446,3 +446,192 @@ def test_clone_gives_an_unfitted_copy(shifted_task):
     c = m.clone()
     assert c.get_params() == m.get_params() and not hasattr(c, "map_")
     assert copy.deepcopy(m).selected_ == m.selected_
+
+
+# --- fast paths against their references (issue 3: the reference sweep in about a minute) ----------
+
+
+def _with_groups(std: Standards, groups) -> Standards:
+    return Standards(X_source=std.X_source, X_target=std.X_target, y=std.y, axis=std.axis, axis_unit=std.axis_unit,
+                     properties=std.properties, groups=np.asarray(groups))
+
+
+def _loo_errors_both(m, std, folds):
+    from ctbench_classical._common import SpectralStandardization
+
+    Xs, Xt = np.asarray(std.X_source, float), np.asarray(std.X_target, float)
+    cands = m._candidates(Xs.shape[0])
+    return m._loo_errors(Xs, Xt, cands, folds), SpectralStandardization._loo_errors(m, Xs, Xt, cands, folds)
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["rows", "samples"])
+@pytest.mark.parametrize("cls,params", [(DS, {}), (DS, {"regularization": "ridge"}), (PDS, {}), (CCA, {}),
+                                        (CCA, {"shrink": False})], ids=["ds", "ds-ridge", "pds", "cca", "cca-noshrink"])
+def test_closed_form_leave_one_out_equals_refitting_each_fold(cls, params, grouped, shifted_task):
+    from ctbench_classical._common import sample_folds
+
+    src, std, _, _, _ = shifted_task
+    m = cls(**params).fit(src)
+    n = std.X_source.shape[0]
+    groups = [f"s{i // 2}" for i in range(n)] if grouped else None  # pairs of rows as one sample's replicates
+    folds = sample_folds(None if groups is None else np.asarray(groups), n)
+    assert len(folds) == (n // 2 if grouped else n)
+    fast, ref = _loo_errors_both(m, std, folds)
+    if cls is CCA:
+        # keeping q < r canonical pairs is ill-posed when correlations (nearly) tie, as here where
+        # the instruments are almost an exact linear map of each other (all close to 1): compare
+        # the candidates that keep them all (q = r), whose map does not depend on the pairs' basis
+        ok = [i for i, c in enumerate(m._candidates(n)) if c["n_canonical"] == c["n_components"]]
+        fast, ref = fast[ok], ref[ok]
+    np.testing.assert_allclose(fast, ref, rtol=1e-6, atol=1e-8 * np.abs(ref).max())
+
+
+def test_leave_one_out_holds_a_samples_replicates_out_together(shifted_task):
+    src, std, _, _, _ = shifted_task
+    # every standard measured twice, identically: a row-wise leave-one-out keeps the held-out
+    # spectrum's twin in the training rows, so the highest rank reproduces it exactly
+    n = len(std.y)
+    dup = standards(np.repeat(np.asarray(std.X_source), 2, axis=0), np.repeat(np.asarray(std.X_target), 2, axis=0),
+                    np.repeat(np.asarray(std.y), 2, axis=0))
+    by_sample = DS().fit(src).transfer(_with_groups(dup, np.repeat(np.arange(n), 2)))
+    by_row = DS().fit(src).transfer(dup)  # no sample ids: each row is its own fold
+    assert by_row.loo_scores_[-1] < 1e-6 * by_row.loo_scores_.max()  # the leak: a "perfect" overfit
+    assert by_sample.loo_scores_[-1] > 100 * by_row.loo_scores_[-1]
+
+
+def test_sample_folds_in_order_of_appearance():
+    from ctbench_classical._common import sample_folds
+
+    folds = sample_folds(np.array(["b", "a", "b", "c", "a"]), 5)
+    assert [f.tolist() for f in folds] == [[0, 2], [1, 4], [3]]
+    assert [f.tolist() for f in sample_folds(None, 3)] == [[0], [1], [2]]
+
+
+def _diplslib_vector(X_c, y_c, xs, xt, A, l_abs, mode):
+    """diPLSlib 2.5.0 itself (with the extra coordinate that makes it deflate a centred xt)."""
+    import warnings
+
+    from diPLSlib.models import DIPLS as LibDIPLS
+    from diPLSlib.models import GCTPLS as LibGCT
+
+    def lift(M, v):
+        return np.hstack([M, np.full((M.shape[0], 1), v)])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if mode == "gct":
+            model = LibGCT(A=A, l=float(l_abs), centering=True).fit(X_c, y_c, xs - xt, np.zeros_like(xs))
+            return np.ravel(model.b_)
+        if mode == "mdipls":
+            model = LibDIPLS(A=A, l=tuple([float(l_abs)] * A), centering=False, target_domain=1)
+            model.fit(lift(X_c, 0.0), y_c, lift(xs, 0.0), [lift(xt, 1.0)])
+        else:
+            model = LibDIPLS(A=A, l=float(l_abs), centering=False).fit(lift(X_c, 0.0), y_c, lift(xs, 0.0), lift(xt, 1.0))
+    return np.ravel(model.b_)[:-1]
+
+
+@pytest.mark.parametrize("mode", ["dipls", "mdipls", "gct"])
+@pytest.mark.parametrize("l", [0.0, 1.0, 300.0])
+def test_batched_core_equals_diplslib(mode, l):
+    rng = np.random.default_rng(1)
+    p = 40
+    X = np.cumsum(rng.normal(size=(30, p)), axis=1)
+    y = X[:, 10] + rng.normal(size=30)
+    xs = X[:12]
+    xt = np.cumsum(rng.normal(size=(12, p)), axis=1) * 1.1 + 0.5
+    X_c, y_c = X - X.mean(0), y - y.mean()
+    xs_c, xt_c = xs - xs.mean(0), xt - xt.mean(0)
+    A = 4
+    if mode == "gct":
+        ours = fit_gct_vector(X_c, y_c, xs - xt, A, l)
+        ref = _diplslib_vector(X_c, y_c, xs, xt, A, l, "gct")
+    else:
+        ours = fit_dipls_vector(X_c, y_c, xs_c, [xt_c] if mode == "mdipls" else xt_c, A, l, multi_domain=mode == "mdipls")
+        ref = _diplslib_vector(X_c, y_c, xs_c, xt_c, A, l, mode)
+    np.testing.assert_allclose(ours, ref, rtol=1e-7, atol=1e-9 * np.abs(ref).max())
+
+
+def test_batched_fits_equal_one_at_a_time():
+    from ctbench_classical._dipls_core import Domains, fit_batch
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(3, 20, 15))
+    X -= X.mean(axis=1, keepdims=True)
+    X[1, 17:] = 0.0  # a smaller calibration padded with zero rows
+    y = rng.normal(size=(3, 20))
+    y[1, 17:] = 0.0
+    y[[0, 2]] -= y[[0, 2]].mean(axis=1, keepdims=True)
+    y[1, :17] -= y[1, :17].mean()
+    xs, xt = rng.normal(size=(6, 15)), rng.normal(size=(6, 15)) * 2
+    dom = Domains(xs - xs.mean(0), [xt - xt.mean(0)], "dipls")
+    l_abs = np.array([0.0, 5.0, 50.0])
+    together = fit_batch(X, y, 3, l_abs, dom)
+    for b in range(3):
+        np.testing.assert_allclose(together[b], fit_batch(X[b : b + 1], y[b : b + 1], 3, l_abs[b : b + 1], dom)[0], rtol=1e-10)
+    np.testing.assert_allclose(fit_batch(X[1:2, :17], y[1:2, :17], 3, l_abs[1:2], dom)[0], together[1], rtol=1e-10)
+
+
+@pytest.mark.parametrize("cls", [DIPLS, MDIPLS])
+def test_two_standards_and_many_latent_variables_stay_finite(cls, shifted_task):
+    """The domains are exhausted after one latent variable; diPLSlib gave 0/0 here (dipls)."""
+    src, std, X_test, _, _ = shifted_task
+    two = standards(std.X_source[:2], std.X_target[:2], std.y[:2])
+    m = cls(n_components=6, l=1000.0).fit(src).transfer(two)
+    assert np.isfinite(m.predict(X_test)).all()
+
+
+@pytest.mark.parametrize("cls", [DIPLS, MDIPLS])
+def test_replicate_rows_count_once_in_the_domains(cls, shifted_task):
+    src, std, X_test, _, _ = shifted_task
+    once = cls(l=100.0).fit(src).transfer(std)
+    twice = standards(np.repeat(np.asarray(std.X_source), 2, axis=0), np.repeat(np.asarray(std.X_target), 2, axis=0),
+                      np.repeat(np.asarray(std.y), 2, axis=0))
+    twice = _with_groups(twice, np.repeat(np.arange(len(std.y)), 2))
+    m = cls(l=100.0).fit(src).transfer(twice)
+    np.testing.assert_allclose(m.predict(X_test), once.predict(X_test), rtol=1e-8)
+
+
+@pytest.mark.parametrize("rule", ["calibration", "cv"])
+def test_l_selection_rules_pick_from_the_grid(rule, shifted_task):
+    from ctbench_classical.dipls import L_GRID
+
+    src, std, X_test, _, _ = shifted_task
+    m = DIPLS(l_selection=rule).fit(src).transfer(std)
+    assert all(l in L_GRID for l in m.l_) and np.isfinite(m.predict(X_test)).all()
+    with pytest.raises(ValueError, match="l_selection"):
+        DIPLS(l_selection="test").fit(src)
+
+
+def test_source_pls_cross_validation_equals_nipals_on_each_fold():
+    """ctbench.pls computes the CV in the dual (Gram) form; the reference refits NIPALS per fold."""
+    from ctbench.pls import _choose, _cv_folds, _cv_press, nipals_pls1_path
+
+    rng = np.random.default_rng(4)
+    X = np.cumsum(rng.normal(size=(37, 60)), axis=1)
+    Y = np.c_[X[:, 5] - X[:, 40], X[:, 20]] + rng.normal(size=(37, 2))
+    press, n = _cv_press(X, Y, 12, 10, 3)
+    folds = _cv_folds(37, 10, 3)
+    A = min(12, 37 - max(len(f) for f in folds) - 1)
+    for j in range(2):
+        ref = np.zeros(A)
+        for test in folds:
+            train = np.setdiff1d(np.arange(37), test)
+            B, xm, ym = nipals_pls1_path(X[train], Y[train, j], A)
+            ref += (((X[test] - xm) @ B + ym - Y[test, j, None]) ** 2).sum(axis=0)
+        np.testing.assert_allclose(press[j], ref, rtol=1e-8)
+        assert 1 <= _choose(press[j], n) <= A
+
+
+def test_bench_sweep_skips_impossible_shots_of_a_named_task(tmp_path):
+    from typer.testing import CliRunner
+
+    from ctbench.cli.main import app
+
+    out = tmp_path / "pub"
+    res = CliRunner().invoke(app, ["bench", "sweep", "-t", "synthetic_a_b", "-m", "no_transfer,target_only,sbc", "-n", "0,5",
+                                   "-r", "1", "-j", "1", "--publish", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "records: 4 (4 ok, 0 failed)" in res.output  # target_only and sbc cannot run N = 0
+    md = (out / "reference_leaderboard.md").read_text()
+    assert "Regenerate: `CTBENCH_DATA=<data mirror> ctbench bench sweep --jobs 1 --method no_transfer,target_only,sbc" in md
+    assert "--task synthetic_a_b --shots 0,5 --reps 1 --publish" in md

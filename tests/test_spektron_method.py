@@ -306,12 +306,13 @@ def test_bad_parameters_and_order_are_clear_errors(tiny_weights, task):
                                             standards.axis, standards.axis_unit, standards.properties))
 
 
-def test_conformance_kit_quick(tiny_weights):
+@pytest.mark.parametrize("name", ["spektron-ttt", pytest.param("spektron", marks=pytest.mark.slow)])
+def test_conformance_kit_quick(tiny_weights, name):
+    """Quick kit with a tiny checkpoint (the full kit with the default one: tests/test_conformance.py, slow)."""
     from ctbench.testing import check_method
 
-    for name in ("spektron", "spektron-ttt"):
-        report = check_method(_cls(name), quick=True, params={"checkpoint": tiny_weights, "readout": "mamba1", **FAST})
-        assert report.ok, str(report)
+    report = check_method(_cls(name), quick=True, params={"checkpoint": tiny_weights, "readout": "mamba1", **FAST})
+    assert report.ok, str(report)
 
 
 # --- through the runner: interval metrics and the transductive mark ----------------------------------

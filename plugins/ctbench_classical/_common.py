@@ -69,6 +69,26 @@ def fit_source_pls(X: np.ndarray, y: np.ndarray, max_components: int, random_sta
     return PLSCalibration(max_components=max_components, cv=10, random_state=random_state).fit(X, y)
 
 
+_BLAS = None
+
+
+def one_blas_thread() -> Any:
+    """Context with single-threaded BLAS/LAPACK: the matrices of a transfer are small, and
+    threads only contend (badly, on a loaded machine). The runner already runs sweeps this way;
+    this covers direct use (tests, notebooks)."""
+    global _BLAS
+    import contextlib
+
+    try:
+        if _BLAS is None:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS = ThreadpoolController()
+        return _BLAS.limit(limits=1, user_api="blas")
+    except Exception:  # pragma: no cover - threadpoolctl missing or unusable
+        return contextlib.nullcontext()
+
+
 def require_fitted(method: object, attr: str, step: str) -> None:
     if not hasattr(method, attr):
         name = getattr(method, "name", type(method).__name__)
@@ -103,14 +123,15 @@ class SpectralStandardization(TransferMethod):
         n = Xs.shape[0]
         candidates = self._candidates(n)
         folds = sample_folds(standards.groups, n)
-        if len(candidates) > 1 and len(folds) >= LOO_MIN_SHOTS:
-            self.loo_scores_ = self._loo_scores(Xs, Xt, candidates, folds)
-            best = candidates[int(np.argmin(self.loo_scores_))]
-        else:
-            self.loo_scores_ = None
-            best = candidates[0]
-        self.selected_ = dict(best)
-        self.map_ = self._fit_maps(Xs, Xt, [best])[0]
+        with one_blas_thread():
+            if len(candidates) > 1 and len(folds) >= LOO_MIN_SHOTS:
+                self.loo_scores_ = self._loo_scores(Xs, Xt, candidates, folds)
+                best = candidates[int(np.argmin(self.loo_scores_))]
+            else:
+                self.loo_scores_ = None
+                best = candidates[0]
+            self.selected_ = dict(best)
+            self.map_ = self._fit_maps(Xs, Xt, [best])[0]
         return self
 
     def transform_target(self, X_target: np.ndarray) -> np.ndarray:
@@ -190,6 +211,15 @@ def sample_folds(groups: np.ndarray | None, n: int) -> list[np.ndarray]:
     _, first, inverse = np.unique(g, return_index=True, return_inverse=True)
     order = np.argsort(first)  # samples in order of first appearance
     return [np.flatnonzero(inverse == u) for u in order]
+
+
+def row_coordinates(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(L, V) with X = L V^T and V (p, r) orthonormal, r = min(n, p): the rows' coordinates in an
+    orthonormal basis of their row space (an exact rotation; QR, cheaper than an SVD)."""
+    if X.shape[0] >= X.shape[1]:
+        return X.copy(), np.eye(X.shape[1])
+    V, R = np.linalg.qr(X.T)
+    return R.T, V
 
 
 def svd_filter(s: np.ndarray, regularization: str, rank: int, alpha: float, rtol: float = 1e-10) -> np.ndarray:

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import SpectralStandardization, require_fitted
+from ._common import SpectralStandardization, require_fitted, row_coordinates
 
 PC_GRID = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25)
 """PCA dimensions tried when n_components is None (those up to N - 2)."""
@@ -55,10 +55,14 @@ class CCA(SpectralStandardization):
     Why the defaults: r and q decide everything and their good values scale with N, so they
     are chosen on the standards (never on test spectra); the choice is in ``selected_``.
     min_shots = 2 (one PCA direction, one canonical pair).
+    Version 2: the leave-one-out holds out one standard *sample* at a time (all its
+    replicate rows; ``sample_folds``), and runs in closed form (in the standards' own row
+    spaces, all folds batched). Without replicates (corn, tablet, most Raman pairs) the
+    choice is that of version 1 to round-off.
     """
 
     name = "cca"
-    version = "1"
+    version = "2"
     description = "canonical correlation standardization on PCA-reduced paired standards"
 
     def __init__(
@@ -134,18 +138,17 @@ class CCA(SpectralStandardization):
         n = Xs.shape[0]
         coef = self.source_model_.coef_
         k = coef.shape[1]
-        Ut, st, _ = np.linalg.svd(Xt, full_matrices=False)
-        Us, ss, Vs0 = np.linalg.svd(Xs, full_matrices=False)
-        Lt, Ls = Ut * st, Us * ss  # Xt = Lt Vt0^T, Xs = Ls Vs0^T
+        Lt, _ = row_coordinates(Xt)  # Xt = Lt Vt^T
+        Ls, Vs0 = row_coordinates(Xs)  # Xs = Ls Vs0^T
         Ys = Xs @ coef
-        coef_s = Vs0 @ coef  # (n, k): the model's coefficients in the source coordinates
+        coef_s = Vs0.T @ coef  # (r, k): the model's coefficients in the source coordinates
         r_max = max(c["n_components"] for c in candidates)
         F = len(folds)
         m_max = max(n - len(f) for f in folds)
         g_max = max(len(f) for f in folds)
-        Tt = np.zeros((F, m_max, n))
-        Ts = np.zeros((F, m_max, n))
-        held = np.zeros((F, g_max, n))
+        Tt = np.zeros((F, m_max, Lt.shape[1]))
+        Ts = np.zeros((F, m_max, Ls.shape[1]))
+        held = np.zeros((F, g_max, Lt.shape[1]))
         base = np.zeros((F, g_max, k))
         mask = np.zeros((F, g_max), dtype=bool)
         for f, rows in enumerate(folds):

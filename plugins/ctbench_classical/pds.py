@@ -155,10 +155,14 @@ class PDS(SpectralStandardization):
     windows are nearly collinear) and ruin predictions, while one is close to
     recalibration; leave-one-out on the standards sees this, so it picks the count rather
     than a fixed number tuned to one dataset. The choice is in ``selected_``.
+    Version 2: the leave-one-out holds out one standard *sample* at a time (all its
+    replicate rows; ``sample_folds``), and runs in closed form (kernel PLS on windowed
+    cross-products, all folds and channels at once). Without replicates (corn, tablet, most
+    Raman pairs) the choice is that of version 1 to round-off.
     """
 
     name = "pds"
-    version = "1"
+    version = "2"
     description = "piecewise direct standardization (windowed local regression with offset)"
 
     def __init__(

@@ -155,8 +155,7 @@ class Spektron(TransferMethod):
                  moments_weight: float = 1.0, pds_first: bool = False, stats_weight: float = 1.0,
                  mc_dropout: float = 0.1, mc_samples: int = 32, interval_alpha: float = 0.1,
                  conformal: str = "standards_cv", conformal_folds: int = 3, finetune_steps: int = 60,
-                 head_refit: float = 0.5, guard: bool = True, domain: str = "auto", threads: int = 1,
-                 random_state: int = 0):
+                 head_refit: float = 0.5, domain: str = "auto", threads: int = 1, random_state: int = 0):
         self.checkpoint = checkpoint
         self.pretrained = pretrained
         self.readout = readout
@@ -180,7 +179,6 @@ class Spektron(TransferMethod):
         self.conformal_folds = conformal_folds
         self.finetune_steps = finetune_steps
         self.head_refit = head_refit
-        self.guard = guard
         self.domain = domain
         self.threads = threads
         self.random_state = random_state
@@ -514,21 +512,12 @@ class Spektron(TransferMethod):
             res = self._train(model, Xs, Xt, ys, X_unl, self.random_state, standards.groups)
             self._apply_result(res)
             self.head_W_, self.head_b_, self.bias_delta_ = self._refit_head(model, res, Xt, ys, standards.groups)
-        # cross-validation over the standards: the guard's choice and the conformal scores
-        self.use_adapted_ = np.ones(self.n_targets_, dtype=bool)
-        self.fallback_bias_ = np.zeros(self.n_targets_)
-        self.guard_cv_ = None
+        # conformal calibration: cross-validation over the standards (never test data)
         cv = None
-        if n >= 2 and (bool(self.guard) or self.conformal == "standards_cv") and self.transferred_:
+        self.standards_cv_rmse_ = None
+        if n >= 2 and self.conformal == "standards_cv" and self.transferred_:
             cv = self._standards_cv(standards, Xs, Xt if pds_fitted is None else Xt_raw, ys, X_unl, pds_fitted)
-        if cv is not None and bool(self.guard):
-            rmse_a = np.sqrt((cv["resid_a"] ** 2).mean(0))
-            rmse_b = np.sqrt((cv["resid_b"] ** 2).mean(0))
-            self.use_adapted_ = rmse_a <= rmse_b
-            self.guard_cv_ = {"adapted": rmse_a.tolist(), "source_head_bias": rmse_b.tolist()}
-            if not self.use_adapted_.all():
-                F0 = self._features(self._model(), Xt, self._base_overrides(self._model()), stats_affine=False)
-                self.fallback_bias_ = (ys - (F0 @ self.source_W_ + self.source_b_)).mean(0)
+            self.standards_cv_rmse_ = (np.sqrt((cv["resid"] ** 2).mean(0)) * self.y_scale_).tolist()
         self.conformal_source_ = "none"
         self.conformal_q_ = None
         self.conformal_n_ = 0
@@ -536,7 +525,7 @@ class Spektron(TransferMethod):
             scores = np.zeros((0, self.n_targets_))
             source = []
             if self.conformal == "standards_cv" and cv is not None:
-                scores = np.where(self.use_adapted_[None, :], cv["scores_a"], cv["scores_b"])
+                scores = cv["scores"]
                 source.append("standards_cv")
             from .uncertainty import conformal_quantile, conformal_valid
 
@@ -551,10 +540,9 @@ class Spektron(TransferMethod):
 
     def _standards_cv(self, standards: Standards, Xs: np.ndarray, Xt: np.ndarray, ys: np.ndarray,
                       X_unl: np.ndarray | None, pds_fitted: Any = None) -> dict[str, np.ndarray]:
-        """K-fold CV over the standards: each held-out standard predicted (a) by adapters trained
-        without it and (b) by the source head with a bias from the other standards. Returns the
-        residuals and the normalized conformal scores of both, for the rows that were held out
-        (with ``pds_fitted``, Xt are the raw target spectra and PDS is refitted without them too)."""
+        """K-fold CV over the standards: each held-out standard predicted by adapters trained without
+        it (the same recipe). Returns the residuals and normalized conformal scores of the rows held
+        out (with ``pds_fitted``, Xt are the raw target spectra and PDS is refitted without them too)."""
         import dataclasses
 
         from .readout import group_folds
@@ -564,9 +552,8 @@ class Spektron(TransferMethod):
         groups = standards.groups
         n = Xt.shape[0]
         folds = group_folds(n, groups, int(self.conformal_folds), self.random_state + 7)
-        out = {k: np.zeros((n, self.n_targets_)) for k in ("resid_a", "resid_b", "scores_a", "scores_b")}
+        out = {k: np.zeros((n, self.n_targets_)) for k in ("resid", "scores")}
         done = np.zeros(n, dtype=bool)
-        base = self._base_overrides(model)
         for j, val in enumerate(folds):
             tr = np.setdiff1d(np.arange(n), val)
             if tr.size < 1:
@@ -591,17 +578,8 @@ class Spektron(TransferMethod):
             F[:, -2:] = F[:, -2:] * res.stats_scale + res.stats_shift
             pred = F @ W + b + bias
             sd = mc_dropout_spread(F, W, float(self.mc_dropout), int(self.mc_samples), self.random_state + j)
-            out["resid_a"][val] = pred - ys[val]
-            out["scores_a"][val] = self._scores(pred, ys[val], sd)
-            # (b) the source head on the unadapted path, bias from the fold's other standards
-            F0_tr = self._features(model, Xt_tr, base, stats_affine=False)
-            bias_b = (ys[tr] - (F0_tr @ self.source_W_ + self.source_b_)).mean(0)
-            Z0 = forward_all(model, gs, self.readout_, overrides=base)[self.readout_]
-            F0 = self.scaling_.apply(Z0, gs.stats)
-            pred_b = F0 @ self.source_W_ + self.source_b_ + bias_b
-            sd_b = mc_dropout_spread(F0, self.source_W_, float(self.mc_dropout), int(self.mc_samples), self.random_state + j)
-            out["resid_b"][val] = pred_b - ys[val]
-            out["scores_b"][val] = self._scores(pred_b, ys[val], sd_b)
+            out["resid"][val] = pred - ys[val]
+            out["scores"][val] = self._scores(pred, ys[val], sd)
             done[val] = True
         return {k: v[done] for k, v in out.items()}
 
@@ -627,11 +605,6 @@ class Spektron(TransferMethod):
             F = self._features(model, Xc, self._overrides(model), stats_affine=True)
             pred = F @ self.head_W_ + self.head_b_ + self.bias_delta_
             sd = mc_dropout_spread(F, self.head_W_, rate, T, seed)
-            use = getattr(self, "use_adapted_", None)
-            if use is not None and not use.all():  # the guard kept the source head for these properties
-                F0 = self._features(model, Xc, self._base_overrides(model), stats_affine=False)
-                pred = np.where(use[None, :], pred, F0 @ self.source_W_ + self.source_b_ + self.fallback_bias_)
-                sd = np.where(use[None, :], sd, mc_dropout_spread(F0, self.source_W_, rate, T, seed))
         sd = floor_spread(sd, self.source_spread_median_[None, :] * np.ones_like(sd))
         cache["last"] = (key, pred, sd)
         return pred, sd
@@ -658,8 +631,7 @@ class Spektron(TransferMethod):
             "unfreeze": getattr(self, "unfreeze_", None),
             "unfreeze_validation": getattr(self, "unfreeze_scores_", None),
             "transfer_loss": getattr(self, "transfer_loss_", None),
-            "guard": None if getattr(self, "guard_cv_", None) is None else {
-                "adapted": [bool(v) for v in self.use_adapted_], "cv_rmse": self.guard_cv_},
+            "standards_cv_rmse": getattr(self, "standards_cv_rmse_", None),
         }
         if getattr(self, "conformal_q_", None) is not None:
             out["conformal"] = {"calibration": self.conformal_source_, "n_scores": self.conformal_n_,
@@ -702,8 +674,7 @@ class SpektronTTT(Spektron):
                  moments_weight: float = 10.0, pds_first: bool = False, stats_weight: float = 1.0,
                  mc_dropout: float = 0.1, mc_samples: int = 32, interval_alpha: float = 0.1,
                  conformal: str = "standards_cv", conformal_folds: int = 3, finetune_steps: int = 60,
-                 head_refit: float = 0.5, guard: bool = True, domain: str = "auto", threads: int = 1,
-                 random_state: int = 0):
+                 head_refit: float = 0.5, domain: str = "auto", threads: int = 1, random_state: int = 0):
         super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
 
     @classmethod
@@ -729,8 +700,7 @@ class SpektronNoPretrain(Spektron):
                  moments_weight: float = 1.0, pds_first: bool = False, stats_weight: float = 1.0,
                  mc_dropout: float = 0.1, mc_samples: int = 32, interval_alpha: float = 0.1,
                  conformal: str = "standards_cv", conformal_folds: int = 3, finetune_steps: int = 60,
-                 head_refit: float = 0.5, guard: bool = True, domain: str = "auto", threads: int = 1,
-                 random_state: int = 0):
+                 head_refit: float = 0.5, domain: str = "auto", threads: int = 1, random_state: int = 0):
         super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
 
 
@@ -747,8 +717,7 @@ class SpektronFullFT(Spektron):
                  moments_weight: float = 1.0, pds_first: bool = False, stats_weight: float = 1.0,
                  mc_dropout: float = 0.1, mc_samples: int = 32, interval_alpha: float = 0.1,
                  conformal: str = "standards_cv", conformal_folds: int = 3, finetune_steps: int = 60,
-                 head_refit: float = 0.5, guard: bool = True, domain: str = "auto", threads: int = 1,
-                 random_state: int = 0):
+                 head_refit: float = 0.5, domain: str = "auto", threads: int = 1, random_state: int = 0):
         super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
 
 
@@ -766,8 +735,7 @@ class SpektronPDS(Spektron):
                  moments_weight: float = 1.0, pds_first: bool = True, stats_weight: float = 1.0,
                  mc_dropout: float = 0.1, mc_samples: int = 32, interval_alpha: float = 0.1,
                  conformal: str = "standards_cv", conformal_folds: int = 3, finetune_steps: int = 60,
-                 head_refit: float = 0.5, guard: bool = True, domain: str = "auto", threads: int = 1,
-                 random_state: int = 0):
+                 head_refit: float = 0.5, domain: str = "auto", threads: int = 1, random_state: int = 0):
         super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
 
 
