@@ -27,10 +27,18 @@ from ctbench.testing import (
 # kit with default parameters runs in the slow suite.
 HEAVY = {"cnn", "lora_ct", "spektron", "spektron-ttt", "spektron-nopretrain", "spektron-fullft", "spektron-pds"}
 # (the Spektron methods' quick check runs in tests/test_spektron_method.py with a tiny checkpoint)
+_SPEKTRON_FAST = {"transfer_steps": 10, "ttt_steps": 5, "mc_samples": 4, "finetune_steps": 10, "conformal_folds": 2}
 FAST_PARAMS = {
     "cnn": {"epochs": 10, "patience": 5, "transfer_max_epochs": 10, "transfer_epochs": 5, "batch_size": 32},
     "lora_ct": {"epochs": 10, "patience": 5, "transfer_epochs": 10, "batch_size": 32},
+    # the Spektron variants share spektron's code (its full kit runs in the slow suite); their
+    # own conformance runs in quick mode with short schedules to keep CI well inside its budget
+    "spektron-ttt": _SPEKTRON_FAST,
+    "spektron-nopretrain": _SPEKTRON_FAST,
+    "spektron-fullft": _SPEKTRON_FAST,
+    "spektron-pds": _SPEKTRON_FAST,
 }
+QUICK_ONLY = {"spektron-ttt", "spektron-nopretrain", "spektron-fullft", "spektron-pds"}
 
 
 def _method_cases() -> list:
@@ -41,7 +49,8 @@ def _method_cases() -> list:
             continue
         if name in FAST_PARAMS:
             cases.append(pytest.param(name, True, id=f"{name}-quick"))
-        cases.append(pytest.param(name, False, id=f"{name}-full", marks=pytest.mark.slow))
+        if name not in QUICK_ONLY:
+            cases.append(pytest.param(name, False, id=f"{name}-full", marks=pytest.mark.slow))
     return cases
 
 

@@ -121,6 +121,14 @@ def build(table: Table, tasks: list[str], spektron: str, shots: int, classical_s
                  f"({summary['won_vs_best_at_classical_shots'] / c:.0%}) against the best classical method at "
                  f"N = {classical_shots}; {summary['won_vs_best_at_same_shots']} / {summary['cells']} "
                  f"({summary['won_vs_best_at_same_shots'] / c:.0%}) at N = {shots}.")
+    for ref in ("pds", "target_only"):
+        w = {n: sum(1 for task in tasks for prop in table.properties.get(task, [])
+                    if (sp := table.stats(spektron, task, shots, prop)) is not None
+                    and (r := table.stats(ref, task, n, prop)) is not None and sp[0] < r[0])
+             for n in (classical_shots, shots)}
+        summary[f"won_vs_{ref}"] = w
+        lines.append(f"Against {ref} alone: {w[classical_shots]} / {summary['cells']} at N = {classical_shots}, "
+                     f"{w[shots]} / {summary['cells']} at N = {shots}.")
     lines.append("")
 
     # variants

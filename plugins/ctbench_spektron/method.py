@@ -567,7 +567,9 @@ class Spektron(TransferMethod):
                                           y=standards.y[tr], groups=g_tr)
                 fold_pds = copy.deepcopy(pds_fitted).transfer(sub)
                 Xt_tr, Xt_val = fold_pds.transform_target(Xt_tr), fold_pds.transform_target(Xt_val)
-            res = self._train(model, Xs[tr], Xt_tr, ys[tr], X_unl, self.random_state + 101 + j, g_tr)
+            # fold models are trained on the standards only: the test-time-training term (no labels)
+            # would multiply the cost by the number of folds (documented approximation)
+            res = self._train(model, Xs[tr], Xt_tr, ys[tr], None, self.random_state + 101 + j, g_tr)
             W, b, bias = self._refit_head(model, res, Xt_tr, ys[tr], g_tr)
             mods = {**self._base_overrides(model), **self._states_to_modules(model, res.states)}
             gs = self._grid(model, Xt_val, self.axis_, self.axis_unit_)
