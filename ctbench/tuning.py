@@ -417,9 +417,14 @@ def fail_stale_trials(study: Any) -> int:
     host = socket.gethostname()
     marked = 0
     running = set()
+    now = datetime.now()  # Optuna keeps naive local start times
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         w = t.user_attrs.get(A_WORKER) or {}
-        if w.get("host") == host and w.get("pid") is not None and not _process_alive(w["pid"], w.get("start")):
+        # a worker killed between creating the trial and naming itself on it left no heartbeat
+        # either (Optuna would wait on it forever): past the grace period it is dead
+        orphan = not w and t.datetime_start is not None and (now - t.datetime_start).total_seconds() > GRACE_PERIOD_S
+        dead = w.get("host") == host and w.get("pid") is not None and not _process_alive(w["pid"], w.get("start"))
+        if orphan or dead:
             try:
                 study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
                 marked += 1

@@ -580,7 +580,7 @@ def test_two_standards_and_many_latent_variables_stay_finite(cls, shifted_task):
     assert np.isfinite(m.predict(X_test)).all()
 
 
-@pytest.mark.parametrize("cls", [DIPLS, MDIPLS])
+@pytest.mark.parametrize("cls", [DIPLS])
 def test_replicate_rows_count_once_in_the_domains(cls, shifted_task):
     src, std, X_test, _, _ = shifted_task
     once = cls(l=100.0).fit(src).transfer(std)

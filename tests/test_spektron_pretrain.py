@@ -146,6 +146,10 @@ def test_cli_pretrain_with_mlflow_and_method_lookup(tmp_path, monkeypatch):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "total")] == [1, 2]
     assert (tmp_path / "results" / "mlartifacts").is_dir()  # the manifest artifact lands beside the store
     assert not (tmp_path / "mlruns").exists()
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    import os
+
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # no global MLflow state leaks into later tracking
 
 
 def test_cli_mlflow_failure_is_a_warning_not_a_lost_run(tmp_path, monkeypatch):

@@ -59,6 +59,11 @@ class CCA(SpectralStandardization):
     replicate rows; ``sample_folds``), and runs in closed form (in the standards' own row
     spaces, all folds batched). Without replicates (corn, tablet, most Raman pairs) the
     choice is that of version 1 to round-off.
+    Known limitations: like DS, the map goes through the standards' (PCA) subspace, so with
+    5 standards it can be worse than no transfer (same cases as DS). Keeping q < r pairs is
+    ill-posed when canonical correlations tie (all of them are 1 when 2r > N - 1, and nearly
+    so when the instruments are close to a linear map of each other): the pairs kept are
+    then decided by round-off, in the leave-one-out as in the final map.
     """
 
     name = "cca"

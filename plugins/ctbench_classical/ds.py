@@ -41,6 +41,11 @@ class DS(SpectralStandardization):
     replicate rows; ``sample_folds``), and runs in closed form (one SVD of an n x n matrix
     per fold, all folds batched). Without replicates (corn, tablet, most Raman pairs) the
     choice is that of version 1 to round-off.
+    Known limitation: the map sends every target spectrum into the span of the standards'
+    source spectra around their mean (rank <= N - 1), so chemical variation outside that
+    span is lost; with 5 Kennard-Stone standards DS can be worse than no transfer (reference
+    sweep, N = 5: corn mp5 -> mp6 0.70 vs 0.53, tablet 1 -> 2 8.0 vs 4.7 RMSEP). It is the
+    method, not a bug: DS needs enough standards to span the calibration's variation.
     """
 
     name = "ds"

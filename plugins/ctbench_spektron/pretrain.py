@@ -95,27 +95,40 @@ class DistributedContext:
 
 
 class MlflowLogger:
-    """Losses to MLflow (tracking URI from ctbench.tracking); any failure becomes a warning."""
+    """Losses to MLflow (tracking URI from ctbench.tracking); any failure becomes a warning.
+
+    It talks through an explicit ``MlflowClient``: the fluent ``mlflow.set_tracking_uri`` would
+    export ``MLFLOW_TRACKING_URI`` into this process and redirect every later tracking call.
+    """
 
     def __init__(self, enabled: bool, results_dir: str | Path, params: dict[str, Any], run_name: str,
                  run_id: str | None = None):
         self.enabled = enabled
         self.run_id = run_id
+        self.client = None
         if not enabled:
             return
         try:
-            import mlflow
+            from mlflow.entities import Param
+            from mlflow.tracking import MlflowClient
 
             from ctbench.tracking import artifact_location, tracking_uri
 
-            mlflow.set_tracking_uri(tracking_uri(results_dir))
-            if mlflow.get_experiment_by_name(EXPERIMENT) is None:  # artifacts beside the store, not in the CWD
-                mlflow.create_experiment(EXPERIMENT, artifact_location=artifact_location(results_dir))
-            mlflow.set_experiment(EXPERIMENT)
-            run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=run_name)
-            self.run_id = run.info.run_id
-            if not run_id:
-                mlflow.log_params({k: str(v)[:500] for k, v in _flatten(params).items()})
+            uri = tracking_uri(results_dir)
+            self.client = MlflowClient(tracking_uri=uri)
+            exp = self.client.get_experiment_by_name(EXPERIMENT)
+            if exp is None:  # artifacts beside the store, not in the CWD
+                loc = artifact_location(results_dir) if uri.startswith("sqlite") else None
+                exp_id = self.client.create_experiment(EXPERIMENT, artifact_location=loc)
+            else:
+                exp_id = exp.experiment_id
+            if run_id:
+                self.client.update_run(run_id, status="RUNNING")
+            else:
+                self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
+                flat = [Param(k, str(v)[:500]) for k, v in _flatten(params).items()]
+                for i in range(0, len(flat), 100):
+                    self.client.log_batch(self.run_id, params=flat[i:i + 100])
         except Exception as exc:  # noqa: BLE001 - tracking must never cost a run
             self._fail(exc)
 
@@ -127,9 +140,13 @@ class MlflowLogger:
         if not self.enabled:
             return
         try:
-            import mlflow
+            import time
 
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if math.isfinite(v)}, step=step)
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(v)]
+            self.client.log_batch(self.run_id, metrics=batch)
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
 
@@ -137,9 +154,7 @@ class MlflowLogger:
         if not self.enabled:
             return
         try:
-            import mlflow
-
-            mlflow.log_artifact(str(path))
+            self.client.log_artifact(self.run_id, str(path))
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
 
@@ -147,9 +162,7 @@ class MlflowLogger:
         if not self.enabled:
             return
         try:
-            import mlflow
-
-            mlflow.end_run()
+            self.client.set_terminated(self.run_id, status="FINISHED")
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
 
