@@ -103,6 +103,13 @@ def test_demo_run_and_leaderboard(tmp_path):
     rows = json.loads(invoke("leaderboard", "--results-dir", str(tmp_path), "-f", "json").output)
     fr = [x for x in rows if x["method"] == "full_recalibration"]
     assert all(x["gap_closed"] == pytest.approx(1.0) for x in fr)
+    # a mean row's gap closed is that of the mean RMSEP it shows (not a mean of per-property gaps)
+    nt = {x["n_shots"]: x["mean"] for x in rows if x["method"] == "no_transfer"}
+    for x in rows:
+        if x["method"] == "target_only":
+            expected = [(nt[x["n_shots"]] - r["metrics"]["mean"]["rmsep"]) / (nt[x["n_shots"]] - fr[0]["mean"])
+                        for r in recs if r["method"]["name"] == "target_only" and r["n_shots"] == x["n_shots"]]
+            assert x["gap_closed"] == pytest.approx(np.mean(expected))
     per = json.loads(invoke("leaderboard", "--results-dir", str(tmp_path), "-f", "json", "--per-property").output)
     assert {x["property"] for x in per} == {"analyte_a", "analyte_b"}
 
