@@ -24,6 +24,7 @@ only inside methods, so listing methods stays instant.
 from __future__ import annotations
 
 import copy
+import inspect
 import sys
 import threading
 from contextlib import contextmanager
@@ -661,6 +662,28 @@ class Spektron(TransferMethod):
         return run_pretraining(corpus, config)
 
 
+def _with_defaults(**overrides: Any) -> Any:
+    """An ``__init__`` for a Spektron variant: Spektron's parameters with other defaults.
+
+    The variant keeps every parameter (so ``get_params``, cloning and ``--param`` work the same),
+    and its signature, which the harness reads, shows the variant's own defaults.
+    """
+    base = inspect.signature(Spektron.__init__)
+    unknown = set(overrides) - set(base.parameters)
+    if unknown:
+        raise TypeError(f"not Spektron parameters: {sorted(unknown)}")
+    sig = base.replace(parameters=[p.replace(default=overrides[p.name]) if p.name in overrides else p
+                                   for p in base.parameters.values()])
+
+    def __init__(self: Spektron, *args: Any, **kwargs: Any) -> None:
+        bound = sig.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        Spektron.__init__(*bound.args, **bound.kwargs)
+
+    __init__.__signature__ = sig  # type: ignore[attr-defined]
+    return __init__
+
+
 class SpektronTTT(Spektron):
     """Zero-shot Spektron: test-time training (masked reconstruction + feature-moment matching)
     of the adapters on the unlabelled target spectra; with standards, their terms are added."""
@@ -668,16 +691,7 @@ class SpektronTTT(Spektron):
     name = "spektron-ttt"
     tags = Tags(min_shots=0, zero_shot=True, transductive=True, multi_target=True)
     description = "Spektron zero-shot: LoRA test-time training on the unlabelled target spectra (transductive)"
-
-    def __init__(self, checkpoint: str | None = None, pretrained: bool = True, readout: str = "auto",
-                 unfreeze: str = "auto", adapter: str = "lora", adapt_blocks: int = 2, lora_rank: int = 4,
-                 lora_alpha: float | None = None, transfer_steps: int = 80, lr: float = 3e-3,
-                 align_weight: float = 1.0, ttt_steps: int = 40, recon_weight: float = 1.0,
-                 moments_weight: float = 10.0, pds_first: bool = False, stats_weight: float = 1.0,
-                 mc_dropout: float = 0.1, mc_samples: int = 32, interval_alpha: float = 0.1,
-                 conformal: str = "standards_cv", conformal_folds: int = 3, finetune_steps: int = 60,
-                 head_refit: float = 0.5, domain: str = "auto", threads: int = 1, random_state: int = 0):
-        super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+    __init__ = _with_defaults(ttt_steps=40, moments_weight=10.0)
 
     @classmethod
     def search_space(cls, trial: Any) -> dict[str, Any]:
@@ -694,16 +708,7 @@ class SpektronNoPretrain(Spektron):
 
     name = "spektron-nopretrain"
     description = "Spektron ablation: random initialisation instead of the pretrained weights, same head and LoRA transfer"
-
-    def __init__(self, checkpoint: str | None = None, pretrained: bool = False, readout: str = "auto",
-                 unfreeze: str = "auto", adapter: str = "lora", adapt_blocks: int = 2, lora_rank: int = 4,
-                 lora_alpha: float | None = None, transfer_steps: int = 80, lr: float = 3e-3,
-                 align_weight: float = 1.0, ttt_steps: int = 0, recon_weight: float = 1.0,
-                 moments_weight: float = 1.0, pds_first: bool = False, stats_weight: float = 1.0,
-                 mc_dropout: float = 0.1, mc_samples: int = 32, interval_alpha: float = 0.1,
-                 conformal: str = "standards_cv", conformal_folds: int = 3, finetune_steps: int = 60,
-                 head_refit: float = 0.5, domain: str = "auto", threads: int = 1, random_state: int = 0):
-        super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+    __init__ = _with_defaults(pretrained=False)
 
 
 class SpektronFullFT(Spektron):
@@ -711,16 +716,7 @@ class SpektronFullFT(Spektron):
 
     name = "spektron-fullft"
     description = "Spektron ablation: full fine-tuning of the adapted stages instead of LoRA adapters"
-
-    def __init__(self, checkpoint: str | None = None, pretrained: bool = True, readout: str = "auto",
-                 unfreeze: str = "auto", adapter: str = "full", adapt_blocks: int = 2, lora_rank: int = 4,
-                 lora_alpha: float | None = None, transfer_steps: int = 80, lr: float = 3e-3,
-                 align_weight: float = 1.0, ttt_steps: int = 0, recon_weight: float = 1.0,
-                 moments_weight: float = 1.0, pds_first: bool = False, stats_weight: float = 1.0,
-                 mc_dropout: float = 0.1, mc_samples: int = 32, interval_alpha: float = 0.1,
-                 conformal: str = "standards_cv", conformal_folds: int = 3, finetune_steps: int = 60,
-                 head_refit: float = 0.5, domain: str = "auto", threads: int = 1, random_state: int = 0):
-        super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+    __init__ = _with_defaults(adapter="full")
 
 
 class SpektronPDS(Spektron):
@@ -729,16 +725,7 @@ class SpektronPDS(Spektron):
 
     name = "spektron-pds"
     description = "Spektron on PDS-corrected target spectra: PDS first, the LoRA-adapted network learns the residual"
-
-    def __init__(self, checkpoint: str | None = None, pretrained: bool = True, readout: str = "auto",
-                 unfreeze: str = "auto", adapter: str = "lora", adapt_blocks: int = 2, lora_rank: int = 4,
-                 lora_alpha: float | None = None, transfer_steps: int = 80, lr: float = 3e-3,
-                 align_weight: float = 1.0, ttt_steps: int = 0, recon_weight: float = 1.0,
-                 moments_weight: float = 1.0, pds_first: bool = True, stats_weight: float = 1.0,
-                 mc_dropout: float = 0.1, mc_samples: int = 32, interval_alpha: float = 0.1,
-                 conformal: str = "standards_cv", conformal_folds: int = 3, finetune_steps: int = 60,
-                 head_refit: float = 0.5, domain: str = "auto", threads: int = 1, random_state: int = 0):
-        super().__init__(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+    __init__ = _with_defaults(pds_first=True)
 
 
 METHODS = [Spektron, SpektronTTT, SpektronNoPretrain, SpektronFullFT, SpektronPDS]
