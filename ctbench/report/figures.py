@@ -20,8 +20,8 @@ REFERENCE_STYLE = {
     "full_recalibration": {"color": "#2166ac", "linestyle": "--"},
     "target_only": {"color": "#7f7f7f", "linestyle": ":"},
 }
-PALETTE = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#17becf",
-           "#8c564b", "#bcbd22", "#1f77b4", "#9467bd"]
+PALETTE = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#17becf",  # Dark2 + distinct extras
+           "#000000", "#bcbd22", "#6a3d9a", "#fb9a99"]
 
 
 @dataclass
