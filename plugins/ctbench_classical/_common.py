@@ -213,6 +213,36 @@ def sample_folds(groups: np.ndarray | None, n: int) -> list[np.ndarray]:
     return [np.flatnonzero(inverse == u) for u in order]
 
 
+def stacked_folds(
+    folds: list[np.ndarray], *arrays: np.ndarray
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """The leave-group-out folds of each array stacked for batched SVDs.
+
+    Returns, per array, ``train`` (F, m_max, c): each fold's training rows centred on their mean,
+    padded with rows of zeros to the largest fold (zero rows change no singular value, right
+    singular vector or ``U^T y``); ``held`` (F, g_max, c): the held-out rows centred on that same
+    mean; ``means`` (F, c); and ``mask`` (F, g_max), True on the real held-out rows.
+    """
+    n = arrays[0].shape[0]
+    F = len(folds)
+    m_max = max(n - len(f) for f in folds)
+    g_max = max(len(f) for f in folds)
+    train = [np.zeros((F, m_max, a.shape[1])) for a in arrays]
+    held = [np.zeros((F, g_max, a.shape[1])) for a in arrays]
+    means = [np.zeros((F, a.shape[1])) for a in arrays]
+    mask = np.zeros((F, g_max), dtype=bool)
+    for f, rows in enumerate(folds):
+        keep = np.ones(n, dtype=bool)
+        keep[rows] = False
+        m, g = n - len(rows), len(rows)
+        for a, tr, he, mu in zip(arrays, train, held, means):
+            mu[f] = a[keep].mean(axis=0)
+            tr[f, :m] = a[keep] - mu[f]
+            he[f, :g] = a[rows] - mu[f]
+        mask[f, :g] = True
+    return train, held, means, mask
+
+
 def row_coordinates(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(L, V) with X = L V^T and V (p, r) orthonormal, r = min(n, p): the rows' coordinates in an
     orthonormal basis of their row space (an exact rotation; QR, cheaper than an SVD)."""

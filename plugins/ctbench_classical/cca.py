@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import SpectralStandardization, require_fitted, row_coordinates
+from ._common import SpectralStandardization, require_fitted, row_coordinates, stacked_folds
 
 PC_GRID = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25)
 """PCA dimensions tried when n_components is None (those up to N - 2)."""
@@ -149,23 +149,11 @@ class CCA(SpectralStandardization):
         coef_s = Vs0.T @ coef  # (r, k): the model's coefficients in the source coordinates
         r_max = max(c["n_components"] for c in candidates)
         F = len(folds)
-        m_max = max(n - len(f) for f in folds)
-        g_max = max(len(f) for f in folds)
-        Tt = np.zeros((F, m_max, Lt.shape[1]))
-        Ts = np.zeros((F, m_max, Ls.shape[1]))
-        held = np.zeros((F, g_max, Lt.shape[1]))
+        (Tt, Ts), (held, _), (_, ms), mask = stacked_folds(folds, Lt, Ls)
+        g_max = mask.shape[1]
         base = np.zeros((F, g_max, k))
-        mask = np.zeros((F, g_max), dtype=bool)
         for f, rows in enumerate(folds):
-            keep = np.ones(n, dtype=bool)
-            keep[rows] = False
-            m, g = n - len(rows), len(rows)
-            mt, ms = Lt[keep].mean(axis=0), Ls[keep].mean(axis=0)
-            Tt[f, :m] = Lt[keep] - mt
-            Ts[f, :m] = Ls[keep] - ms
-            held[f, :g] = Lt[rows] - mt
-            base[f, :g] = ms @ coef_s - Ys[rows]
-            mask[f, :g] = True
+            base[f, : len(rows)] = ms[f] @ coef_s - Ys[rows]
         Zt, st_f, Vht = np.linalg.svd(Tt, full_matrices=False)
         Zs, ss_f, Vhs = np.linalg.svd(Ts, full_matrices=False)
         R = min(r_max, Zt.shape[2])

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import SpectralStandardization, require_fitted, row_coordinates, svd_filter
+from ._common import SpectralStandardization, require_fitted, row_coordinates, stacked_folds, svd_filter
 
 ALPHA_GRID = (1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 """Ridge strengths tried when alpha is None, most regularized first."""
@@ -114,26 +114,11 @@ class DS(SpectralStandardization):
         L, _ = row_coordinates(Xt)  # Xt = L V^T with orthonormal V
         ranks = np.array([c.get("n_components", 0) for c in candidates])[:, None]
         alphas = np.array([c.get("alpha", 0.0) for c in candidates])[:, None]
-        # all folds in one batched SVD: rows of zeros pad the smaller folds (no effect on the
-        # singular values, the right vectors or U^T y)
+        # all folds in one batched SVD
         F = len(folds)
-        m_max = max(n - len(f) for f in folds)
-        g_max = max(len(f) for f in folds)
-        T = np.zeros((F, m_max, L.shape[1]))
-        Yc = np.zeros((F, m_max, k))
-        held = np.zeros((F, g_max, L.shape[1]))
-        base = np.zeros((F, g_max, k))
-        mask = np.zeros((F, g_max), dtype=bool)
-        for f, rows in enumerate(folds):
-            keep = np.ones(n, dtype=bool)
-            keep[rows] = False
-            m, g = n - len(rows), len(rows)
-            mt, ym = L[keep].mean(axis=0), Ys[keep].mean(axis=0)
-            T[f, :m] = L[keep] - mt
-            Yc[f, :m] = Ys[keep] - ym
-            held[f, :g] = L[rows] - mt
-            base[f, :g] = ym - Ys[rows]
-            mask[f, :g] = True
+        (T, Yc), (held, held_y), _, mask = stacked_folds(folds, L, Ys)
+        g_max = mask.shape[1]
+        base = -held_y  # the fold's mean source prediction minus the held-out row's
         U, s, Vh = np.linalg.svd(T, full_matrices=False)
         filt = svd_filter(s[:, None, :], self.regularization, ranks[None], alphas[None])  # (F, candidates, K)
         z = np.einsum("fgn,fKn->fgK", held, Vh)
