@@ -75,11 +75,15 @@ class SpectralCNN(nn.Module):
 class LoRALinear(nn.Module):
     """A frozen ``nn.Linear`` plus a trainable low-rank update: y = W x + b + (alpha / r) * B A x.
 
-    ``A`` (r x in) starts random (Kaiming-uniform), ``B`` (out x r) starts at zero, so the wrapped
-    layer initially computes exactly what the base layer does. Trainable parameters: r * (in + out).
+    ``A`` (r x in) starts random (Kaiming-uniform, from ``generator`` when one is given), ``B``
+    (out x r) starts at zero, so the wrapped layer initially computes exactly what the base layer
+    does. Trainable parameters: r * (in + out). ``weight`` / ``bias`` / ``in_features`` /
+    ``out_features`` read like a Linear's (the effective weight), for modules that use them
+    directly. Shared by lora_ct and the Spektron adapters.
     """
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None):
+    def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None,
+                 generator: torch.Generator | None = None):
         super().__init__()
         if rank < 1:
             raise ValueError(f"LoRA rank must be >= 1, got {rank}")
@@ -92,7 +96,23 @@ class LoRALinear(nn.Module):
         w = base.weight
         self.lora_A = nn.Parameter(torch.empty(self.rank, base.in_features, dtype=w.dtype, device=w.device))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, self.rank, dtype=w.dtype, device=w.device))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5), generator=generator)  # U(+-1/sqrt(in))
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight + self.delta_weight()
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
 
     def delta_weight(self) -> torch.Tensor:
         """The low-rank weight update (alpha / r) * B @ A, shaped like the base weight."""
@@ -106,7 +126,7 @@ class LoRALinear(nn.Module):
         out = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None)
         out = out.to(device=self.base.weight.device, dtype=self.base.weight.dtype)
         with torch.no_grad():
-            out.weight.copy_(self.base.weight + self.delta_weight())
+            out.weight.copy_(self.weight)
             if self.base.bias is not None:
                 out.bias.copy_(self.base.bias)
         return out

@@ -1,7 +1,8 @@
 """Low-rank adapters (LoRA, Hu et al. 2021) for the Spektron backbone, written for this plugin.
 
-``LoRALinear`` wraps a frozen ``nn.Linear``: y = W x + b + (alpha / r) * B (A x), with A (r, in)
-initialised small and random, B (out, r) zero, so an untrained adapter changes nothing.
+``LoRALinear`` (shared with lora_ct, from ``ctbench_deep.networks``) wraps a frozen
+``nn.Linear``: y = W x + b + (alpha / r) * B (A x), with A (r, in) initialised small and random,
+B (out, r) zero, so an untrained adapter changes nothing.
 ``add_lora`` swaps the named Linear layers of a module for wrapped ones, ``merge_lora`` folds the
 trained adapters back into plain Linear weights (after training: the adapted copy is then an
 ordinary module whose state dict pickles and deep-copies like any other).
@@ -13,60 +14,13 @@ Transformer block the attention ``qkv`` projection (Q, K and V in one matrix) an
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from ctbench_deep.networks import LoRALinear  # the one LoRA layer of the first-party plugins
+
 MAMBA_TARGETS = ("in_proj", "fwd.x_proj", "bwd.x_proj", "out_proj")
 ATTENTION_TARGETS = ("qkv", "out")
-
-
-class LoRALinear(nn.Module):
-    """A frozen Linear plus a trainable rank-r update (alpha / r) * B A."""
-
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, generator: torch.Generator | None = None):
-        super().__init__()
-        if rank < 1:
-            raise ValueError(f"LoRA rank must be >= 1, got {rank}")
-        self.base = base
-        for p in self.base.parameters():
-            p.requires_grad_(False)
-        self.rank = int(rank)
-        self.scale = float(alpha) / self.rank
-        a = torch.empty(self.rank, base.in_features)
-        bound = 1.0 / math.sqrt(base.in_features)
-        a.uniform_(-bound, bound, generator=generator)
-        self.lora_A = nn.Parameter(a)
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, self.rank))
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
-
-    @property
-    def weight(self) -> torch.Tensor:  # the effective weight (modules that read .weight keep working)
-        return self.base.weight + self.scale * (self.lora_B @ self.lora_A)
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base.bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.scale * ((x @ self.lora_A.T) @ self.lora_B.T)
-
-    def merged(self) -> nn.Linear:
-        """A plain Linear with the adapter folded into its weight."""
-        out = nn.Linear(self.in_features, self.out_features, bias=self.base.bias is not None)
-        with torch.no_grad():
-            out.weight.copy_(self.weight)
-            if self.base.bias is not None:
-                out.bias.copy_(self.base.bias)
-        return out
 
 
 def _get(module: nn.Module, dotted: str) -> tuple[nn.Module, str, nn.Module | None]:
