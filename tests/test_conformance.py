@@ -54,22 +54,6 @@ def _method_cases() -> list:
     return cases
 
 
-@pytest.fixture
-def one_torch_thread(request: pytest.FixtureRequest):
-    """Small networks on a shared CPU run fastest (and steadiest) on one thread."""
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def test_reference_methods_are_registered() -> None:
     assert {"no_transfer", "target_only", "full_recalibration"} <= set(load_methods())
 

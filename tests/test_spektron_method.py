@@ -24,14 +24,7 @@ from ctbench_spektron.pretrain import run_pretraining  # noqa: E402
 VARIANTS = ("spektron", "spektron-ttt", "spektron-nopretrain", "spektron-fullft", "spektron-pds")
 FAST = {"transfer_steps": 15, "ttt_steps": 4, "conformal_folds": 2, "finetune_steps": 5, "mc_samples": 8}
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small networks on a shared CPU run fastest (and steadiest) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,7 @@ from ctbench_spektron.grid import domain_index, resample_to_grid, to_wavenumber,
 from ctbench_spektron.model import MoELayer, SpektronModel, count_parameters, model_inputs  # noqa: E402
 from ctbench_spektron.wavelet import WaveletEmbedding, dwt_filters, wavedec  # noqa: E402
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small networks on a shared CPU run fastest (and steadiest) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("wavelet", ["db4", "haar", "sym6"])

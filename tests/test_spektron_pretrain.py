@@ -32,14 +32,7 @@ from ctbench_spektron.sampling import BatchSampler  # noqa: E402
 
 TINY = {"size": "tiny", "batch_size": 4, "mlflow": False, "progress": False, "log_every": 1, "num_threads": 1}
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small networks on a shared CPU run fastest (and steadiest) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -16,14 +16,7 @@ from ctbench_spektron.ssm import (  # noqa: E402
     ssd_scan_chunked,
 )
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small networks on a shared CPU run fastest (and steadiest) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _general_inputs(b=2, d=6, L=37, n=5, seed=0, dtype=torch.float64):
