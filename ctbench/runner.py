@@ -14,11 +14,12 @@ import platform
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -374,24 +375,55 @@ def run_unit(unit: WorkUnit, progress: Callable[[dict, str], None] | None = None
 _QUEUE = None
 
 
-def _single_threaded_blas():
-    import contextlib
+def _one_thread_now() -> Callable[[], None]:
+    """One BLAS / OpenMP / torch thread from now on, in a worker or in this process alike;
+    returns the function that restores the previous settings.
+
+    --jobs processes share the cores, and a method's numbers must not depend on --jobs: torch's
+    reductions (hence a trained network) differ with its thread count. ``OMP_NUM_THREADS`` is
+    read by torch when a method first imports it; a torch already imported is set directly.
+    """
+    import os
 
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover
-        return contextlib.nullcontext()
-    return threadpool_limits(1)
+        threadpool_limits = None
+    old_env = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch = sys.modules.get("torch")
+    old_torch = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(1)
+    limits = threadpool_limits(1) if threadpool_limits is not None else None
+
+    def restore() -> None:
+        if limits is not None:
+            limits.restore_original_limits()
+        if old_torch is not None:
+            torch.set_num_threads(old_torch)
+        if old_env is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = old_env
+
+    return restore
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """``_one_thread_now`` for the duration of a block."""
+    restore = _one_thread_now()
+    try:
+        yield
+    finally:
+        restore()
 
 
 def _worker_init(queue: Any) -> None:
     global _QUEUE
     _QUEUE = queue
-    # one BLAS / OpenMP thread per worker process: --jobs processes share the cores
-    _single_threaded_blas()
-    import os
-
-    os.environ["OMP_NUM_THREADS"] = "1"
+    _one_thread_now()  # for the worker's whole life
 
 
 def _worker_run(unit: WorkUnit) -> list[tuple[str, str]]:
@@ -405,8 +437,8 @@ def execute(plan: Plan, jobs: int, on_record: Callable[[str, str], None]) -> lis
     """Run every unit of the plan (in ``jobs`` processes); ``on_record(status, path)`` per record."""
     results: list[tuple[str, str]] = []
     if jobs <= 1 or len(plan.units) <= 1:
-        # the matrices of a calibration-transfer run are small: BLAS threads only contend
-        with _single_threaded_blas():
+        # as in the workers (the matrices of a calibration-transfer run are small: threads only contend)
+        with _one_thread():
             for unit in plan.units:
                 results += run_unit(unit, lambda rec, path: on_record(rec["status"], path))
         return results

@@ -284,3 +284,29 @@ def test_help_does_not_import_heavy_modules():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_one_thread_while_running_and_restored_after(monkeypatch):
+    import torch
+
+    from ctbench.runner import _one_thread
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    torch.set_num_threads(2)
+    with _one_thread():
+        assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
+    assert torch.get_num_threads() == 2 and "OMP_NUM_THREADS" not in os.environ
+
+
+def test_torch_methods_give_the_same_numbers_in_process_and_in_workers(tmp_path, mirror):
+    """--jobs must not change a record: torch's reductions depend on its thread count, so the
+    in-process path runs on one thread like the workers do."""
+    tiny = ["--param", "epochs=30", "--param", "patience=10", "--param", "transfer_epochs=10"]
+    by_jobs = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs{jobs}"
+        res = invoke("run", "-m", "lora_ct", "-t", "synthetic_a_b,corn_m5_mp6", "--shots", "10", "--reps", "1", *tiny,
+                     "--jobs", jobs, "--results-dir", str(out), "--no-mlflow")  # two (method, task) units: two workers
+        assert res.exit_code == 0, res.output
+        by_jobs[jobs] = {r["identity"]["task"]: r["metrics"]["mean"]["rmsep"] for r in records(out)}
+    assert set(by_jobs["1"]) == {"synthetic_a_b", "corn_m5_mp6"} and by_jobs["1"] == by_jobs["2"]

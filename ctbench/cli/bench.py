@@ -189,11 +189,11 @@ def transfer(
     from ctbench.cards import load_card
     from ctbench.cli.common import parse_params
     from ctbench.plugins import get_method
-    from ctbench.runner import MethodSpec, _single_threaded_blas, resolved_params, source_for, standards_for
+    from ctbench.runner import MethodSpec, _one_thread, resolved_params, source_for, standards_for
     from ctbench.splits import make_split
     from ctbench.tasks import build_task
 
-    with friendly_errors(), _single_threaded_blas():
+    with friendly_errors(), _one_thread():
         cls = get_method(method).cls
         params = resolved_params(cls, MethodSpec(method, parse_params(param)))
         t = build_task(load_card(task), set_data_dir(data_dir))
@@ -212,7 +212,7 @@ def transfer(
             t0 = time.perf_counter()
             m.predict(X_test)
             pr.append(time.perf_counter() - t0)
-    typer.echo(f"{method} on {task} ({t.X_source.shape[1]} channels), N={shots}, one BLAS thread:")
+    typer.echo(f"{method} on {task} ({t.X_source.shape[1]} channels), N={shots}, one thread (BLAS, OpenMP, torch):")
     typer.echo(f"  fit      {fit_s * 1e3:9.1f} ms (once per task)")
     typer.echo(f"  transfer {statistics.median(tr) * 1e3:9.1f} ms (median of {repeat})")
     typer.echo(f"  predict  {statistics.median(pr) * 1e3:9.1f} ms for {len(X_test)} spectra")
