@@ -39,6 +39,7 @@ _TASK_SCHEMA: dict[str, tuple[tuple[type, ...], bool, Any]] = {
 }
 _TEST_SCHEMA = {
     "strategy": ((str,), True, None),
+    "folds": ((int,), False, 5),
     "fraction": ((float, int), False, 0.25),
     "seed": ((int,), False, 0),
     "meta_key": ((str,), False, "sample_type"),
@@ -64,7 +65,7 @@ _SUITE_SCHEMA = {
     "shots": ((list,), False, None),
 }
 
-TEST_STRATEGIES = ("random", "official")
+TEST_STRATEGIES = ("kfold", "random", "official")
 STANDARD_STRATEGIES = ("kennard_stone", "random")
 ALIGNMENT_MODES = ("none", "overlap", "grid")
 
@@ -153,6 +154,8 @@ def parse_card(text: str, where: str) -> TaskCard | SuiteCard:
         raise CardError(f"{where}: test.strategy must be one of {TEST_STRATEGIES}, got {test['strategy']!r}")
     if not 0 < float(test["fraction"]) < 1:
         raise CardError(f"{where}: test.fraction must be between 0 and 1")
+    if not 2 <= test["folds"] <= 50:
+        raise CardError(f"{where}: test.folds must be an integer between 2 and 50, got {test['folds']}")
     standards = _validate(d["standards"], _STANDARDS_SCHEMA, f"{where}: standards")
     if standards["strategy"] not in STANDARD_STRATEGIES:
         raise CardError(

@@ -1,9 +1,11 @@
 """Records -> leaderboard table (a pure function of the local records).
 
-Rows are (task, N, method configuration); the metric is averaged over properties per record,
-then reported as mean and standard deviation over repetitions, ranked within (task, N).
-*Gap closed* uses the task's no_transfer and full_recalibration records as the two ends.
-Mixing task versions or method versions is refused.
+Rows are (task, N, property or "mean", method configuration). The headline is the relative
+RMSEP: per property RMSEP / RMSEP(full_recalibration) on the same outer test split, the
+geometric mean over properties for a task's mean row (never a mean of raw RMSEPs in different
+units) and over repetitions, with a 95 % bootstrap interval and the tie groups of
+``ctbench.stats``. Raw RMSEP, R2, RPD, bias, SEP stay available per property (mean ± sd over
+repetitions); *gap closed* is per property only. Mixing task versions or method versions is refused.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ def method_label(rec: dict[str, Any]) -> str:
     m = rec["method"]
     label = m["name"]
     user = m.get("user_params") or {}
-    if user:
-        label += "[" + ",".join(f"{k}={v}" for k, v in sorted(user.items())) + "]"
-    if str(m.get("params_source", "")).startswith("tuned"):
+    source = str(m.get("params_source", ""))
+    if source.startswith("tuned"):
+        # tuned parameters differ per (N, outer split): one row per method, the values are in the records
         label += " (tuned)"
+    elif user:
+        label += "[" + ",".join(f"{k}={v}" for k, v in sorted(user.items())) + "]"
     if rec.get("transductive"):
         label += " (transductive)"
     return label
@@ -47,129 +51,208 @@ def _check_versions(records: list[dict]) -> None:
             )
 
 
-def _reference_rmsep(records: list[dict]) -> dict[tuple[str, str], dict[str, float]]:
-    """(task, reference method) -> property -> mean RMSEP over its records."""
-    acc: dict[tuple[str, str], dict[str, list[float]]] = {}
+def _split_key(rec: dict) -> str:
+    return str((rec.get("split") or {}).get("test_rows_hash", ""))
+
+
+def _references(records: list[dict]) -> dict[tuple[str, str, str], dict]:
+    """(task, reference method, test-rows hash) -> one ok record of no_transfer / full_recalibration
+    (default parameters) on that outer split; their values do not depend on N or the draw."""
+    out: dict[tuple[str, str, str], dict] = {}
     for r in records:
         name = r["identity"]["method"]
         if name not in ("no_transfer", "full_recalibration") or r["method"].get("user_params"):
             continue
-        d = acc.setdefault((r["identity"]["task"], name), {})
-        for prop, vals in r["metrics"]["per_property"].items():
-            d.setdefault(prop, []).append(vals["rmsep"])
-    return {k: {p: float(np.mean(v)) for p, v in d.items()} for k, d in acc.items()}
+        key = (r["identity"]["task"], name, _split_key(r))
+        if key not in out or ("residuals" in r and "residuals" not in out[key]):
+            out[key] = r
+    return out
 
 
-def _record_gap(rec: dict, refs: dict, prop: str | None) -> float:
-    task = rec["identity"]["task"]
-    nt, fr = refs.get((task, "no_transfer")), refs.get((task, "full_recalibration"))
+def _record_gap(rec: dict, refs: dict, prop: str) -> float:
+    """Gap closed of one property of one record, against the references on the same outer split."""
+    task, h = rec["identity"]["task"], _split_key(rec)
+    nt, fr = refs.get((task, "no_transfer", h)), refs.get((task, "full_recalibration", h))
     if nt is None or fr is None:
         return float("nan")
-    per = rec["metrics"]["per_property"]
-    if prop:
-        return gap_closed(per[prop]["rmsep"], nt[prop], fr[prop]) if prop in nt and prop in fr else float("nan")
-    # the mean row: the gap closed of the mean RMSEP it shows. Averaging per-property gaps instead
-    # lets a property where transfer barely matters (no_transfer ~ full recalibration, a tiny
-    # denominator) swing the whole row.
-    props = [p for p in per if p in nt and p in fr]
-    if not props:
-        return float("nan")
-    return gap_closed(float(np.mean([per[p]["rmsep"] for p in props])), float(np.mean([nt[p] for p in props])),
-                      float(np.mean([fr[p] for p in props])))
+    get = lambda r: r["metrics"]["per_property"].get(prop, {}).get("rmsep", float("nan"))  # noqa: E731
+    return gap_closed(get(rec), get(nt), get(fr))
+
+
+def _geo(values: list[float]) -> float:
+    v = np.asarray(values, dtype=float)
+    return float(np.exp(np.mean(np.log(v)))) if v.size and np.all(v > 0) else float("nan")
+
+
+def _dataset(rec: dict) -> str:
+    return str((rec.get("task") or {}).get("dataset", ""))
 
 
 def build_leaderboard(
     records: list[dict],
-    metric: str = "rmsep",
+    metric: str = "rel_rmsep",
     tasks: list[str] | None = None,
     shots: list[int] | None = None,
     methods: list[str] | None = None,
     per_property: bool = False,
     task_version: str | None = None,
     method_version: str | None = None,
+    replicates: int | None = None,
 ) -> list[dict[str, Any]]:
-    """The leaderboard rows, sorted by task, N, rank."""
-    if metric not in METRICS and metric != "gap_closed":
-        raise LeaderboardError(f"unknown metric {metric!r}; choose from {', '.join(METRICS + ('gap_closed',))}")
+    """The leaderboard rows, sorted by task, N, property, value.
+
+    Every row carries the relative RMSEP (``rel_mean`` with its 95 % bootstrap interval
+    ``rel_lo``/``rel_hi``), the tie group against the cell's best (``group``, ``tied``,
+    ``p_vs_best``; see ``ctbench.stats``), and the raw metrics over repetitions. ``metric`` picks
+    what ``mean``/``sd``/``lo``/``hi`` hold and the sort order; tie groups always come from the
+    relative RMSEP.
+    """
+    from ctbench.stats import BOOTSTRAP_REPLICATES, cell_bootstrap, interval, tie_groups
+
+    if metric not in METRICS and metric not in ("gap_closed", "rel_rmsep"):
+        raise LeaderboardError(f"unknown metric {metric!r}; choose from rel_rmsep, {', '.join(METRICS + ('gap_closed',))}")
+    if metric == "gap_closed" and not per_property:
+        per_property = True  # gap closed is a per-property figure (a mean of gaps mixes scales)
     sel = [r for r in records if (not tasks or r["identity"]["task"] in tasks)]
     if task_version:
         sel = [r for r in sel if str(r["identity"]["task_version"]) == task_version]
     if method_version:
         sel = [r for r in sel if str(r["identity"]["method_version"]) == method_version]
     _check_versions(sel)
+    all_ok = [r for r in sel if r["status"] == "ok" and r.get("metrics")]
+    refs = _references(all_ok)
+    full_recal: dict[str, dict[str, dict]] = {}
+    for (task, name, h), r in refs.items():
+        if name == "full_recalibration":
+            full_recal.setdefault(task, {})[h] = r
     failed: dict[tuple, int] = {}
-    ok = []
+    cells: dict[tuple[str, int], dict[str, list[dict]]] = {}
     for r in sel:
         if methods and r["identity"]["method"] not in methods:
             continue
         if shots is not None and r["identity"]["n_shots"] not in shots:
             continue
+        key = (r["identity"]["task"], int(r["identity"]["n_shots"]))
         if r["status"] == "ok" and r.get("metrics"):
-            ok.append(r)
+            cells.setdefault(key, {}).setdefault(method_label(r), []).append(r)
         else:
-            k = (r["identity"]["task"], r["identity"]["n_shots"], method_label(r))
+            k = key + (method_label(r),)
             failed[k] = failed.get(k, 0) + 1
-    refs = _reference_rmsep([r for r in sel if r["status"] == "ok" and r.get("metrics")])
-    groups: dict[tuple, list[dict]] = {}
-    for r in ok:
-        props = list(r["metrics"]["per_property"]) if per_property else [None]
-        for prop in props:
-            k = (r["identity"]["task"], r["identity"]["n_shots"], method_label(r), prop)
-            groups.setdefault(k, []).append(r)
-    rows = []
-    for (task, n, label, prop), recs in groups.items():
-        if prop is None:
-            vals = [r["metrics"]["mean"][metric] if metric != "gap_closed" else _record_gap(r, refs, None) for r in recs]
-            r2 = [r["metrics"]["mean"]["r2"] for r in recs]
-            rmsep = [r["metrics"]["mean"]["rmsep"] for r in recs]
-        else:
-            pp = [r["metrics"]["per_property"][prop] for r in recs]
-            vals = [p[metric] if metric != "gap_closed" else _record_gap(r, refs, prop) for p, r in zip(pp, recs)]
-            r2 = [p["r2"] for p in pp]
-            rmsep = [p["rmsep"] for p in pp]
-        gaps = [_record_gap(r, refs, prop) for r in recs]
-        first = recs[0]
-        rows.append(
-            {
-                "task": task,
-                "n_shots": n,
-                "property": prop or "mean",
-                "method": label,
-                "reference": bool(first.get("reference")) or first["identity"]["method"] in REFERENCE_METHODS,
-                "metric": metric,
-                "mean": float(np.mean(vals)),
-                "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
-                "rmsep_mean": float(np.mean(rmsep)),
-                "rmsep_sd": float(np.std(rmsep, ddof=1)) if len(rmsep) > 1 else 0.0,
-                "r2_mean": float(np.mean(r2)),
-                "gap_closed": float(np.nanmean(gaps)) if np.isfinite(gaps).any() else float("nan"),
-                "reps": len(recs),
-                "failed": failed.get((task, n, label), 0),
-                "task_version": str(first["identity"]["task_version"]),
-                "method_version": str(first["identity"]["method_version"]),
-            }
+    rows: list[dict[str, Any]] = []
+    for (task, n), by_label in sorted(cells.items()):
+        first = next(iter(by_label.values()))[0]
+        props = list(first["metrics"]["per_property"])
+        from ctbench.splits import stable_seed
+
+        boot = cell_bootstrap(
+            {lab: (_is_reference(recs[0]), recs) for lab, recs in by_label.items()},
+            full_recal.get(task, {}), props, seed=stable_seed(task, n),
+            replicates=replicates or BOOTSTRAP_REPLICATES,
         )
+        for prop_i, prop in ([(None, "mean")] + list(enumerate(props))) if per_property else [(None, "mean")]:
+            groups = tie_groups(boot, prop_i)
+            for label, recs in by_label.items():
+                rows.append(_row(task, n, prop, prop_i, label, recs, boot.get(label), groups.get(label),
+                                 metric, refs, interval))
     for (task, n, label), count in failed.items():
         if not any(r["task"] == task and r["n_shots"] == n and r["method"] == label for r in rows):
-            rows.append({"task": task, "n_shots": n, "property": "mean", "method": label, "reference": False,
-                         "metric": metric, "mean": float("nan"), "sd": float("nan"), "rmsep_mean": float("nan"),
-                         "rmsep_sd": float("nan"), "r2_mean": float("nan"), "gap_closed": float("nan"), "reps": 0,
-                         "failed": count, "task_version": "", "method_version": ""})
-    lower = LOWER_IS_BETTER[metric]
-    by_cell: dict[tuple, list[dict]] = {}
-    for row in rows:
-        by_cell.setdefault((row["task"], row["n_shots"], row["property"]), []).append(row)
-    for cell in by_cell.values():
-        def score(row: dict) -> float:
-            v = abs(row["mean"]) if metric == "bias" else row["mean"]
-            if not np.isfinite(v):
-                return np.inf
-            return v if lower else -v
-        cell.sort(key=score)
-        for i, row in enumerate(cell):
-            row["rank"] = i + 1 if np.isfinite(row["mean"]) else None
-    rows.sort(key=lambda r: (r["task"], r["n_shots"], r["property"], r["rank"] or 10**9, r["method"]))
+            rows.append(_failed_row(task, n, label, metric, count))
+        else:
+            for r in rows:
+                if r["task"] == task and r["n_shots"] == n and r["method"] == label:
+                    r["failed"] = count
+    lower = LOWER_IS_BETTER.get(metric, True)
+
+    def order(row: dict) -> tuple:
+        v = row["mean"]
+        v = abs(v) if metric == "bias" else v
+        v = v if np.isfinite(v) else np.inf if lower else -np.inf
+        return (row["task"], row["n_shots"], row["property"] != "mean", row["property"], v if lower else -v, row["method"])
+
+    rows.sort(key=order)
     return rows
+
+
+def _is_reference(rec: dict) -> bool:
+    return bool(rec.get("reference")) or rec["identity"]["method"] in REFERENCE_METHODS
+
+
+def _row(task: str, n: int, prop: str, prop_i: int | None, label: str, recs: list[dict], cell: Any,
+         group: tuple[int, float] | None, metric: str, refs: dict, interval: Any) -> dict[str, Any]:
+    def per_rec(name: str) -> list[float]:
+        if prop_i is None:
+            return [r["metrics"]["mean"][name] for r in recs]
+        return [r["metrics"]["per_property"][prop][name] for r in recs]
+
+    rel_mean = rel_lo = rel_hi = rel_sd = float("nan")
+    if cell is not None:
+        rel_mean = float(np.exp(cell.value(prop_i)))
+        rel_lo, rel_hi = interval(cell, prop_i)
+        per_rep = cell.per_rep.mean(axis=1) if prop_i is None else cell.per_rep[:, prop_i]
+        rel_sd = float(np.std(np.exp(per_rep), ddof=1)) if len(per_rep) > 1 else 0.0
+    gaps = [_record_gap(r, refs, prop) for r in recs] if prop_i is not None else []
+    gap = float(np.nanmean(gaps)) if gaps and np.isfinite(gaps).any() else float("nan")
+    if metric == "rel_rmsep":
+        mean, sd, lo, hi = rel_mean, rel_sd, rel_lo, rel_hi
+    elif metric == "gap_closed":
+        g = np.asarray(gaps, dtype=float)
+        mean = gap
+        sd = float(np.nanstd(g, ddof=1)) if np.isfinite(g).sum() > 1 else 0.0
+        lo = hi = float("nan")
+    else:
+        vals = per_rec(metric)
+        mean, sd = float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+        lo = hi = float("nan")
+    rmsep, r2 = per_rec("rmsep"), per_rec("r2")
+    first = recs[0]
+    reference = _is_reference(first)
+    return {
+        "task": task,
+        "dataset": _dataset(first),
+        "n_shots": n,
+        "property": prop,
+        "method": label,
+        "reference": reference,
+        "transductive": bool(first.get("transductive")),
+        "metric": metric,
+        "mean": mean,
+        "sd": sd,
+        "lo": lo,
+        "hi": hi,
+        "rel_mean": rel_mean,
+        "rel_lo": rel_lo,
+        "rel_hi": rel_hi,
+        "rmsep_mean": float(np.mean(rmsep)),
+        "rmsep_sd": float(np.std(rmsep, ddof=1)) if len(rmsep) > 1 else 0.0,
+        "r2_mean": float(np.mean(r2)),
+        "gap_closed": gap,
+        "group": None if reference or group is None else group[0],
+        "rank": None if reference or group is None else group[0],
+        "tied": bool(group is not None and not reference and group[0] == 1),
+        "p_vs_best": float("nan") if reference or group is None else group[1],
+        "reps": len(recs),
+        "outer_splits": len({_split_key(r) for r in recs}),
+        "failed": 0,
+        "task_version": str(first["identity"]["task_version"]),
+        "method_version": str(first["identity"]["method_version"]),
+    }
+
+
+def _failed_row(task: str, n: int, label: str, metric: str, count: int) -> dict[str, Any]:
+    nan = float("nan")
+    return {"task": task, "dataset": "", "n_shots": n, "property": "mean", "method": label, "reference": False,
+            "transductive": False, "metric": metric, "mean": nan, "sd": nan, "lo": nan, "hi": nan,
+            "rel_mean": nan, "rel_lo": nan, "rel_hi": nan, "rmsep_mean": nan, "rmsep_sd": nan, "r2_mean": nan,
+            "gap_closed": nan, "group": None, "rank": None, "tied": False, "p_vs_best": nan, "reps": 0,
+            "outer_splits": 0, "failed": count, "task_version": "", "method_version": ""}
+
+
+def missing_full_recalibration(rows: list[dict]) -> list[str]:
+    """Tasks whose rows have no relative RMSEP because full_recalibration is not in the store."""
+    by_task: dict[str, bool] = {}
+    for r in rows:
+        by_task[r["task"]] = by_task.get(r["task"], False) or bool(np.isfinite(r["rel_mean"]))
+    return sorted(t for t, ok in by_task.items() if not ok)
 
 
 def _fmt(v: float, digits: int = 4) -> str:
@@ -190,60 +273,121 @@ def _gap(v: float) -> str:
     return "-" if v is None or not np.isfinite(v) else f"{round(v, 3) + 0.0:.3f}"  # no "-0.000"
 
 
+def _interval(mean: float, lo: float, hi: float) -> str:
+    if mean is None or not np.isfinite(mean):
+        return "-"
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return f"{mean:.3f}"
+    return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _group_labels(rows: list[dict]) -> dict[int, str]:
+    """id(row) -> its tie-group label: "1" alone, "1=" when tied with others, "" for reference rows."""
+    sizes: dict[tuple, int] = {}
+    for r in rows:
+        if r["group"] is not None:
+            k = (r["task"], r["n_shots"], r["property"], r["group"])
+            sizes[k] = sizes.get(k, 0) + 1
+    out = {}
+    for r in rows:
+        if r["group"] is None:
+            out[id(r)] = "*" if r["reference"] else "-"
+        else:
+            out[id(r)] = f"{r['group']}" + ("=" if sizes[(r["task"], r["n_shots"], r["property"], r["group"])] > 1 else "")
+    return out
+
+
+def _label(r: dict) -> str:
+    return r["method"] + (" *" if r["reference"] else "")
+
+
+def _reps(r: dict) -> str:
+    return f"{r['reps']}" + (f" ({r['failed']} failed)" if r["failed"] else "")
+
+
+LEGEND = (
+    "rel. RMSEP = RMSEP / RMSEP(full_recalibration) on the same outer test split, geometric mean over properties "
+    "(mean rows) and over repetitions; [95 % interval]: two-stage paired bootstrap over repetitions and test "
+    "samples (ctbench.stats). group: 1 = the cell's best method and every method not significantly worse than it "
+    "(paired bootstrap test, Holm-corrected, alpha 0.05), 2 = the best of the rest and its ties, ...; \"=\" marks a "
+    "shared group. `*` reference row (not ranked). RMSEP: mean ± sd over repetitions (outer splits x standards draws)."
+)
+
+
 def format_rows(rows: list[dict], fmt: str) -> str:
     """Render rows as md / csv / json text."""
     if fmt == "json":
         import json
 
         return json.dumps(rows, indent=1, default=lambda o: None)
-    headers = ["task", "N", "property", "rank", "method", "metric", "mean ± sd", "R2", "gap closed", "reps"]
-    def cells(r: dict) -> list[str]:
-        return [
-            r["task"], str(r["n_shots"]), r["property"], str(r["rank"] or "-"),
-            r["method"] + (" *" if r["reference"] else ""), r["metric"],
-            _mean_sd(r["mean"], r["sd"]), _fmt(r["r2_mean"], 3), _gap(r["gap_closed"]),
-            f"{r['reps']}" + (f" ({r['failed']} failed)" if r["failed"] else ""),
-        ]
     if fmt == "csv":
         import csv
         import io
 
         buf = io.StringIO()
-        keys = ["task", "n_shots", "property", "rank", "method", "reference", "metric", "mean", "sd", "rmsep_mean",
-                "rmsep_sd", "r2_mean", "gap_closed", "reps", "failed", "task_version", "method_version"]
+        keys = ["task", "dataset", "n_shots", "property", "group", "method", "reference", "metric", "mean", "sd", "lo",
+                "hi", "rel_mean", "rel_lo", "rel_hi", "p_vs_best", "rmsep_mean", "rmsep_sd", "r2_mean", "gap_closed",
+                "reps", "outer_splits", "failed", "task_version", "method_version"]
         w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow(r)
         return buf.getvalue()
+    metric = rows[0]["metric"] if rows else "rel_rmsep"
+    per_property = any(r["property"] != "mean" for r in rows)
+    groups = _group_labels(rows)
+    raw = "RMSEP" if metric == "rel_rmsep" else metric
+    headers = ["task", "N"] + (["property"] if per_property else []) + ["group", "method", "rel. RMSEP [95 % CI]",
+                                                                        f"{raw} (mean ± sd)", "R2"]
+    headers += (["gap closed"] if per_property else []) + ["reps"]
+
+    def cells(r: dict) -> list[str]:
+        value = (r["rmsep_mean"], r["rmsep_sd"]) if metric == "rel_rmsep" else (r["mean"], r["sd"])
+        out = [r["task"], str(r["n_shots"])] + ([r["property"]] if per_property else [])
+        out += [groups[id(r)], _label(r), _interval(r["rel_mean"], r["rel_lo"], r["rel_hi"]), _mean_sd(*value),
+                _fmt(r["r2_mean"], 3)]
+        return out + ([_gap(r["gap_closed"])] if per_property else []) + [_reps(r)]
+
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(cells(r)) + " |" for r in rows]
-    lines.append("")
-    lines.append("`*` reference row. Mean ± sd over repetitions; gap closed = (RMSEP_no_transfer − RMSEP) / (RMSEP_no_transfer − RMSEP_full_recalibration), on the RMSEP shown (a mean row: of the mean RMSEP).")
+    lines += ["", LEGEND]
+    if per_property:
+        lines.append("gap closed = (RMSEP_no_transfer − RMSEP) / (RMSEP_no_transfer − RMSEP_full_recalibration) per "
+                     "property on the same outer split, mean over repetitions (unstable where the two ends are close).")
     return "\n".join(lines)
 
 
 def rich_table(rows: list[dict]):
+    """Terminal output: one compact table per (task, N, property) cell, tie group 1 in bold green."""
+    from rich import box
+    from rich.console import Group
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
-    per_property = any(r["property"] != "mean" for r in rows)
-    metric = rows[0]["metric"] if rows else "rmsep"
-    table = Table(title=f"ctbench leaderboard ({metric}, mean ± sd over repetitions; * reference row)")
-    heads = ["task", "N"] + (["property"] if per_property else []) + ["rank", "method", metric, "R2", "gap closed", "reps"]
-    for h in heads:
-        table.add_column(h, justify="right" if h in ("N", "rank", "R2", "gap closed", "reps") else "left",
-                         no_wrap=h in ("method", "task"))
-    prev = None
+    metric = rows[0]["metric"] if rows else "rel_rmsep"
+    raw = "RMSEP" if metric == "rel_rmsep" else metric
+    groups = _group_labels(rows)
+    cells: dict[tuple, list[dict]] = {}
     for r in rows:
-        cell = (r["task"], r["n_shots"], r["property"])
-        if prev is not None and cell != prev:
-            table.add_section()
-        prev = cell
-        style = "dim" if r["reference"] else ("bold green" if r["rank"] == 1 else None)
-        table.add_row(
-            r["task"], str(r["n_shots"]), *([r["property"]] if per_property else []), str(r["rank"] or "-"),
-            r["method"] + (" *" if r["reference"] else ""),
-            _mean_sd(r["mean"], r["sd"]), _fmt(r["r2_mean"], 3), _gap(r["gap_closed"]),
-            f"{r['reps']}" + (f" ({r['failed']} failed)" if r["failed"] else ""), style=style,
-        )
-    return table
+        cells.setdefault((r["task"], r["n_shots"], r["property"]), []).append(r)
+    parts: list = []
+    for (task, n, prop), cell_rows in cells.items():
+        title = f"{task} · N = {n}" + ("" if prop == "mean" else f" · {prop}")
+        table = Table(title=escape(title), title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False,
+                      pad_edge=False)
+        for h, just in (("grp", "right"), ("method", "left"), ("rel. RMSEP [95%]", "left"),
+                        (f"{raw} mean±sd", "left"), ("R2", "right"), ("reps", "right")):
+            table.add_column(h, justify=just, overflow="fold", no_wrap=True)
+        for r in cell_rows:
+            style = "dim" if r["reference"] else ("bold green" if r["group"] == 1 else None)
+            value = (r["rmsep_mean"], r["rmsep_sd"]) if metric == "rel_rmsep" else (r["mean"], r["sd"])
+            value = "-" if not np.isfinite(value[0]) else f"{value[0]:.3g} ± {value[1]:.2g}"
+            rel = "-" if not np.isfinite(r["rel_mean"]) else (
+                f"{r['rel_mean']:.2f}" + (f" [{r['rel_lo']:.2f}, {r['rel_hi']:.2f}]" if np.isfinite(r["rel_lo"]) else ""))
+            r2 = "-" if not np.isfinite(r["r2_mean"]) else f"{r['r2_mean']:.2f}"
+            table.add_row(groups[id(r)], escape(_label(r)), rel, value, r2, _reps(r),
+                          style=style)
+        parts.append(table)
+    parts.append(Text(LEGEND, style="dim"))
+    return Group(*parts)

@@ -148,6 +148,12 @@ class TransferMethod:
         """Map target spectra into the source instrument's space (methods tagged corrects_spectra)."""
         raise NotImplementedError(f"{self.name} does not correct spectra")
 
+    def chosen_params(self) -> dict[str, Any]:
+        """The hyper-parameters this fitted/transferred method chose from data (JSON-serialisable:
+        components per property, l, window, rank, penalty, ...); the runner stores them in the
+        record under 'chosen'."""
+        return {}
+
     @classmethod
     def search_space(cls, trial: Any) -> dict[str, Any]:
         """Suggest hyper-parameters from an Optuna trial; override to make the method tunable."""

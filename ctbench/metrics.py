@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 METRICS = ("rmsep", "r2", "rpd", "bias", "sep")
-LOWER_IS_BETTER = {"rmsep": True, "r2": False, "rpd": False, "bias": True, "sep": True, "gap_closed": False}
+LOWER_IS_BETTER = {"rel_rmsep": True, "rmsep": True, "r2": False, "rpd": False, "bias": True, "sep": True, "gap_closed": False}
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:

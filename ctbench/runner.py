@@ -89,8 +89,9 @@ def resolved_params(cls: Any, spec: MethodSpec) -> dict[str, Any]:
 def check_shots(cls: Any, method: str, task: Any, n: int) -> str | None:
     """Why N shots is impossible for this method on this task, or None."""
     tags = cls.tags
-    if n > task.n_pool_samples:
-        return f"task {task.name!r} has {task.n_pool_samples} samples in its calibration pool, {n} shots requested (allowed 0..{task.n_pool_samples})"
+    n_pool = min(task.outer(k).n_pool_samples for k in range(task.n_outer))
+    if n > n_pool:
+        return f"task {task.name!r} has {n_pool} samples in its (smallest) calibration pool, {n} shots requested (allowed 0..{n_pool})"
     if n == 0 and not tags.zero_shot:
         return f"method {method!r} cannot run zero-shot (N = 0); its minimum is {tags.min_shots} shots"
     if n < tags.min_shots:
@@ -109,8 +110,12 @@ def plan_runs(
     results_dir: Path,
     data_dir: str | None = None,
     force: bool = False,
+    rep_filter: Callable[[int], bool] | None = None,
 ) -> Plan:
-    """Expand the grid, validate it, and drop what the store already holds."""
+    """Expand the grid, validate it, and drop what the store already holds.
+
+    ``rep_filter``: only the repetitions for which it returns True are planned (and counted in
+    ``n_total``), e.g. those of one outer split for parameters tuned on that split."""
     from ctbench.plugins import get_method
     from ctbench.tasks import build_task
 
@@ -136,6 +141,8 @@ def plan_runs(
                     skipped.append(why)
                     continue
                 for rep in range(reps):
+                    if rep_filter is not None and not rep_filter(rep):
+                        continue
                     n_total += 1
                     ident = run_identity(spec.name, info.cls.version, params, card.name, card.version, n, rep, seed)
                     if not force:
@@ -230,7 +237,7 @@ _CACHE_SIZE = 4096
 
 
 def _task_key(task: Any) -> tuple:
-    return (task.name, task.version, task.card.sha256, id(task))
+    return (task.name, task.version, task.card.sha256, id(task), task.outer_index)
 
 
 def _split_and_arrays(task: Any, n: int, rep: int, seed: int) -> tuple[Any, dict, np.ndarray, np.ndarray, np.ndarray]:
@@ -279,38 +286,70 @@ def _error_info(exc: BaseException, phase: str) -> dict[str, str]:
     }
 
 
-def run_unit(unit: WorkUnit, progress: Callable[[dict, str], None] | None = None) -> list[tuple[str, str]]:
-    """Fit once, then transfer/predict/score/store each (N, rep). Returns [(status, record path)]."""
-    from ctbench.metrics import evaluate
-    from ctbench.plugins import get_method
-    from ctbench.tasks import build_task
+def _residuals(task: Any, pred: np.ndarray) -> dict[str, Any]:
+    """Per test row: its sample (index among the test set's samples) and predicted - reference
+    per property, to 7 significant digits (what the leaderboard's bootstrap resamples)."""
+    y = task.y[task.test_rows]
+    _, sample = np.unique(task.groups[task.test_rows], return_inverse=True)
+    return {
+        "sample": [int(i) for i in sample],
+        "values": [[float(f"{v:.7g}") for v in row] for row in (pred - y)],
+    }
 
-    store = Store(unit.results_dir)
-    t0 = time.perf_counter()
-    task = build_task(unit.card, unit.data_dir)
-    load_s = time.perf_counter() - t0
-    info = get_method(unit.spec.name)
-    cls = info.cls
-    params = resolved_params(cls, unit.spec)
-    random_state = stable_seed(unit.seed, "fit", task.name, task.version)
-    has_rs = "random_state" in cls._param_names()
-    fit_error = None
-    fitted = None
-    fit_s = 0.0
+
+def _fit(cls: Any, params: dict, random_state: int, has_rs: bool, task: Any, name: str) -> tuple[Any, float, dict | None]:
+    """(fitted method, fit seconds, error info) on the task's (outer split's) calibration pool."""
     try:
         method = cls(**copy.deepcopy(params), **({"random_state": random_state} if has_rs else {}))
         t0 = time.perf_counter()
         fitted = method.fit(source_for(task, cls))
         fit_s = time.perf_counter() - t0
         if fitted is None:
-            raise TypeError(f"method {unit.spec.name!r}: fit() must return self")
+            raise TypeError(f"method {name!r}: fit() must return self")
+        return fitted, fit_s, None
     except Exception as exc:
-        fit_error = _error_info(exc, "fit")
+        return None, 0.0, _error_info(exc, "fit")
+
+
+def _chosen(m: Any) -> dict[str, Any] | None:
+    chosen = getattr(m, "chosen_params", None)
+    if not callable(chosen):
+        return None
+    from ctbench.store import canonical_json
+    import json
+
+    return json.loads(canonical_json(chosen()))
+
+
+def run_unit(unit: WorkUnit, progress: Callable[[dict, str], None] | None = None) -> list[tuple[str, str]]:
+    """Per outer split: fit once, then transfer/predict/score/store each (N, rep) of that split.
+    Returns [(status, record path)]."""
+    from ctbench.metrics import evaluate
+    from ctbench.plugins import get_method
+    from ctbench.tasks import build_task
+
+    store = Store(unit.results_dir)
+    t0 = time.perf_counter()
+    base = build_task(unit.card, unit.data_dir)
+    load_s = time.perf_counter() - t0
+    info = get_method(unit.spec.name)
+    cls = info.cls
+    params = resolved_params(cls, unit.spec)
+    random_state = stable_seed(unit.seed, "fit", base.name, base.version)
+    has_rs = "random_state" in cls._param_names()
     out = []
-    X_test, task_summary = _task_view(task)
-    for n, rep in unit.items:
+    items = sorted(unit.items, key=lambda item: (base.outer_of_rep(item[1])[0], item[1], item[0]))
+    fits: dict[int, tuple[Any, float, dict | None]] = {}
+    for n, rep in items:
+        k, _ = base.outer_of_rep(rep)
+        task = base.outer(k)
+        if k not in fits:
+            fits.clear()  # one fitted model alive at a time
+            fits[k] = _fit(cls, params, random_state, has_rs, task, unit.spec.name)
+        fitted, fit_s, fit_error = fits[k]
+        X_test, task_summary = _task_view(task)
         ident = run_identity(cls.name, cls.version, params, task.name, task.version, n, rep, unit.seed)
-        split, manifest, std_Xs, std_Xt, std_y = _split_and_arrays(task, n, rep, unit.seed)
+        split, manifest, std_Xs, std_Xt, std_y = _split_and_arrays(base, n, rep, unit.seed)
         record: dict[str, Any] = {
             "schema": SCHEMA_VERSION,
             "key": record_key(ident),
@@ -327,6 +366,7 @@ def run_unit(unit: WorkUnit, progress: Callable[[dict, str], None] | None = None
             "task": dict(task_summary),
             "n_shots": n,
             "rep": rep,
+            "outer": {"index": split.outer, "of": split.n_outer, "draw": split.draw},
             "seed": unit.seed,
             "random_state": random_state if has_rs else None,
             "transductive": bool(cls.tags.transductive),
@@ -352,11 +392,15 @@ def run_unit(unit: WorkUnit, progress: Callable[[dict, str], None] | None = None
                 timings["predict_s"] = time.perf_counter() - t0
                 pred = _check_predictions(pred, task.test_rows.size, len(task.properties), cls.name)
                 record.update(status="ok", metrics=evaluate(task.y[task.test_rows], pred, task.properties))
+                record["residuals"] = _residuals(task, pred)
                 if callable(getattr(m, "predict_interval", None)):  # uncertainty-aware methods
                     t0 = time.perf_counter()
                     lo, hi = m.predict_interval(_readonly(task.X_target[task.test_rows]))
                     timings["interval_s"] = time.perf_counter() - t0
                     record["metrics"]["intervals"] = interval_metrics(task.y[task.test_rows], lo, hi, task.properties)
+                chosen = _chosen(m)
+                if chosen is not None:
+                    record["chosen"] = chosen
                 extra = getattr(m, "record_extras", None)
                 if callable(extra):
                     record["extras"] = extra()

@@ -1,14 +1,17 @@
 """Deterministic, nested N-shot transfer standards and the split manifest.
 
 Seeds come from stable hashes (sha256 of the parts), never Python's ``hash()``, so a split is
-the same in every process and on every machine. Standards are chosen among whole samples of
-the calibration pool; the first N of a repetition's ordering are its N standards, so the 5
-standards of repetition r are the first 5 of its 10.
+the same in every process and on every machine. A repetition r is (outer split r % K, standards
+draw r // K): the task's K outer splits (test folds, ``ctbench.tasks``) are visited in turn, so
+the spread over repetitions includes the test set's variation. Standards are chosen among whole
+samples of the outer split's calibration pool; the first N of a repetition's ordering are its N
+standards, so the 5 standards of repetition r are the first 5 of its 10. No two repetitions use
+the same standard set for any N of the card's shot grid (redrawn until distinct).
 
 Strategies:
-- ``kennard_stone``: repetition 0 is Kennard-Stone on the pool's source spectra; repetition
-  r >= 1 runs Kennard-Stone on a seeded random subsample (``subsample`` of the pool, 80 % by
-  default), so repetitions differ while keeping the representative choice.
+- ``kennard_stone``: draw 0 is Kennard-Stone on the pool's source spectra; a later draw runs
+  Kennard-Stone on a seeded random subsample (``subsample`` of the pool, 80 % by default), so
+  repetitions differ while keeping the representative choice.
 - ``random``: a seeded random ordering of the pool.
 """
 
@@ -98,6 +101,13 @@ class Split:
     standard_samples: tuple[str, ...]
     strategy: str
     seed: int
+    outer: int = 0
+    """Outer split (test fold) of the repetition."""
+    n_outer: int = 1
+    draw: int = 0
+    """Standards draw within the outer split (rep = draw * n_outer + outer)."""
+    distinct: bool = True
+    """False when no standards ordering distinct from the earlier repetitions' could be found."""
 
     def manifest(self) -> dict[str, Any]:
         body = {
@@ -105,6 +115,10 @@ class Split:
             "seed": self.seed,
             "n_shots": self.n_shots,
             "rep": self.rep,
+            "outer": self.outer,
+            "n_outer": self.n_outer,
+            "draw": self.draw,
+            "distinct": self.distinct,
             "standard_samples": list(self.standard_samples),
             "standard_rows": [int(r) for r in self.standard_rows],
             "test_rows": [int(r) for r in self.test_rows],
@@ -119,43 +133,80 @@ class ShotsError(ValueError):
     """Shot count out of the task's or the method's limits."""
 
 
-_ORDERS: dict[tuple, np.ndarray] = {}
+MAX_DRAW_ATTEMPTS = 50
+"""Redraws tried for a repetition whose standards coincide with an earlier repetition's."""
+
+_ORDERS: dict[tuple, tuple[np.ndarray, bool]] = {}
 
 
-def _rep_order(task: Any, rep: int, seed: int) -> np.ndarray:
-    """The repetition's ordering of the pool's samples (computed once per process: it does not
-    depend on N, so every method and shot count of a sweep shares it)."""
+def _checked_shots(task: Any, n_pool: int) -> list[int]:
+    """The shot counts whose standard sets must differ between repetitions: the card's grid,
+    below the pool size (N = pool size has a single possible set)."""
+    return sorted({int(n) for n in task.card.shots if 1 <= int(n) < n_pool})
+
+
+def _rep_order(task: Any, rep: int, seed: int) -> tuple[np.ndarray, bool]:
+    """The repetition's ordering of its outer pool's samples, and whether it is distinct.
+
+    Repetition r uses outer split ``r % K`` and is its ``r // K``-th standards draw. Draw 0 of a
+    Kennard-Stone task is Kennard-Stone on the whole outer pool; a later draw runs it on a seeded
+    subsample. A draw whose first N samples equal those of an earlier repetition for some N of the
+    card's shot grid is redrawn (a new subsample) until every such set differs, at most
+    ``MAX_DRAW_ATTEMPTS`` times (then the attempt with the fewest coincidences is kept, marked not
+    distinct). Computed once per process: it does not depend on N or on the method.
+    """
     strategy = task.card.standards["strategy"]
     subsample = float(task.card.standards.get("subsample", 0.8))
-    key = (task.name, task.version, task.card.sha256, hash_indices(task.pool_rows), strategy, subsample, seed, rep)
-    if key not in _ORDERS:
-        pool = task.pool_rows
-        _ORDERS[key] = standards_order(
-            task.X_source[pool], task.groups[pool], task.pool_groups, strategy, (task.name, task.version, seed), rep, subsample
+    base = (task.name, task.version, task.card.sha256, task.n_outer, strategy, subsample, seed)
+    if base + (rep,) in _ORDERS:
+        return _ORDERS[base + (rep,)]
+    earlier = [_rep_order(task, r, seed)[0] for r in range(rep)]
+    k, d = task.outer_of_rep(rep)
+    view = task.outer(k)
+    pool = view.pool_rows
+    shots = _checked_shots(view, view.n_pool_samples)
+    taken = {n: {frozenset(o[:n].tolist()) for o in earlier} for n in shots}
+    best: tuple[int, np.ndarray] | None = None
+    for attempt in range(MAX_DRAW_ATTEMPTS):
+        label = d if attempt == 0 else f"{d}/{attempt}"
+        order = standards_order(
+            task.X_source[pool], task.groups[pool], view.pool_groups, strategy,
+            (task.name, task.version, seed, "outer", k), label, subsample,
         )
-    return _ORDERS[key]
+        clashes = sum(frozenset(order[:n].tolist()) in taken[n] for n in shots)
+        if best is None or clashes < best[0]:
+            best = (clashes, order)
+        if clashes == 0:
+            break
+    _ORDERS[base + (rep,)] = (best[1], best[0] == 0)
+    return _ORDERS[base + (rep,)]
 
 
 def make_split(task: Any, n_shots: int, rep: int, seed: int = 0) -> Split:
-    """The (N, rep) split of a task: standards are the first N samples of the rep's ordering."""
-    n_pool = task.n_pool_samples
+    """The (N, rep) split of a task: the rep's outer split, and its first N standards."""
+    k, d = task.outer_of_rep(rep)
+    view = task.outer(k)
+    n_pool = view.n_pool_samples
     if n_shots < 0 or n_shots > n_pool:
         raise ShotsError(
             f"task {task.name!r}: {n_shots} shots requested but its calibration pool has {n_pool} samples "
             f"(allowed 0..{n_pool})"
         )
-    pool = task.pool_rows
-    strategy = task.card.standards["strategy"]
-    chosen = _rep_order(task, rep, seed)[:n_shots]
+    order, distinct = _rep_order(task, rep, seed)
+    chosen = order[:n_shots]
     return Split(
         n_shots=n_shots,
         rep=rep,
-        pool_rows=pool,
-        standard_rows=task.rows_of(chosen),
-        test_rows=task.test_rows,
+        pool_rows=view.pool_rows,
+        standard_rows=view.rows_of(chosen),
+        test_rows=view.test_rows,
         standard_samples=tuple(str(g) for g in chosen),
-        strategy=strategy,
+        strategy=task.card.standards["strategy"],
         seed=seed,
+        outer=k,
+        n_outer=task.n_outer,
+        draw=d,
+        distinct=distinct or n_shots not in _checked_shots(view, n_pool),
     )
 
 

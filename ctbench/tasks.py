@@ -7,7 +7,7 @@ rest is the calibration pool from which transfer standards are drawn.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
@@ -32,6 +32,37 @@ class Task:
     properties: tuple[str, ...]
     data_sha256: dict[str, str]
     synthetic: bool
+    outer_splits: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
+    """Every outer split of the task as (pool rows, test rows); ``pool_rows`` and ``test_rows``
+    are those of split ``outer_index``."""
+    outer_index: int = 0
+
+    @property
+    def n_outer(self) -> int:
+        """How many outer splits the task has (1 for an official or single random test set)."""
+        return max(1, len(self.outer_splits))
+
+    def outer(self, k: int) -> "Task":
+        """The task seen through outer split ``k``: its calibration pool and test set."""
+        if not self.outer_splits:
+            if k != 0:
+                raise IndexError(f"task {self.name!r} has one outer split, not {k + 1}")
+            return self
+        views = self._outer_views
+        if k not in views:
+            if not 0 <= k < len(self.outer_splits):
+                raise IndexError(f"task {self.name!r} has {len(self.outer_splits)} outer splits; {k} requested")
+            pool, test = self.outer_splits[k]
+            views[k] = self if k == self.outer_index else replace(self, pool_rows=pool, test_rows=test, outer_index=k)
+        return views[k]
+
+    def outer_of_rep(self, rep: int) -> tuple[int, int]:
+        """(outer split, standards draw) of repetition ``rep``: reps cycle through the outer splits."""
+        return rep % self.n_outer, rep // self.n_outer
+
+    @cached_property
+    def _outer_views(self) -> dict[int, "Task"]:
+        return {}
 
     @property
     def name(self) -> str:
@@ -80,6 +111,8 @@ class Task:
             "pool_rows": int(self.pool_rows.size),
             "test_samples": int(len(np.unique(self.groups[self.test_rows]))),
             "test_rows": int(self.test_rows.size),
+            "outer_splits": self.n_outer,
+            "outer_index": self.outer_index,
             "synthetic": self.synthetic,
         }
 
@@ -122,9 +155,30 @@ def _aligned_axes(src: Spectra, tgt: Spectra, alignment: dict[str, Any], where: 
     return np.arange(float(alignment["start"]), float(alignment["stop"]) + 1e-9, float(alignment["step"]))
 
 
-def _test_rows(card: TaskCard, groups: np.ndarray, src: Spectra, src_rows: np.ndarray) -> np.ndarray:
+def _dataset_sample_order(card: TaskCard, dataset: Any) -> dict[str, int]:
+    """Each sample id of the dataset (all instruments) -> its position in a seeded permutation.
+
+    The permutation depends only on the dataset's name, the card's test seed and the dataset's
+    sample ids, so every task of a dataset sees the same outer partition.
+    """
     from ctbench.splits import stable_seed
 
+    ids = sorted({str(s) for sp in dataset.instruments.values() for s in sp.sample_ids})
+    rng = np.random.default_rng(stable_seed("outer-split", card.dataset, card.test["seed"]))
+    return {ids[i]: pos for pos, i in enumerate(rng.permutation(len(ids)))}
+
+
+def _outer_splits(
+    card: TaskCard, groups: np.ndarray, src: Spectra, src_rows: np.ndarray, dataset: Any
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The task's outer splits as [(pool rows, test rows)], whole samples only.
+
+    - ``kfold``: K grouped folds; sample s is in the test set of fold ``position(s) % K`` where
+      position is its place in the dataset-level permutation (shared by all tasks of the dataset).
+    - ``random``: one split; the test set is the task's samples among the first ``fraction`` of
+      the dataset-level permutation.
+    - ``official``: one split, the dataset's own test set (metadata ``meta_key``).
+    """
     test = card.test
     if test["strategy"] == "official":
         key = test["meta_key"]
@@ -138,16 +192,16 @@ def _test_rows(card: TaskCard, groups: np.ndarray, src: Spectra, src_rows: np.nd
             keep = is_test | in_pool
         else:
             keep = np.ones_like(is_test)
-        rows = np.flatnonzero(is_test)
-        return rows, np.flatnonzero(keep & ~is_test)
-    # random: whole samples (groups) go to the test set, never straddling
-    _, first = np.unique(groups, return_index=True)
-    uniq = groups[np.sort(first)]
-    rng = np.random.default_rng(stable_seed("test-split", card.name, card.version, test["seed"]))
-    n_test = int(round(float(test["fraction"]) * len(uniq)))
-    test_groups = set(rng.permutation(uniq)[:n_test].tolist())
-    is_test = np.array([g in test_groups for g in groups])
-    return np.flatnonzero(is_test), np.flatnonzero(~is_test)
+        return [(np.flatnonzero(keep & ~is_test), np.flatnonzero(is_test))]
+    position = _dataset_sample_order(card, dataset)
+    pos = np.array([position[str(g)] for g in groups])
+    if test["strategy"] == "random":
+        n_test = int(round(float(test["fraction"]) * len(position)))
+        is_test = pos < n_test
+        return [(np.flatnonzero(~is_test), np.flatnonzero(is_test))]
+    k = int(test["folds"])
+    fold = pos % k
+    return [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(k)]
 
 
 _BUILT: dict[tuple[str, str, str, str | None], Task] = {}
@@ -192,11 +246,14 @@ def _build(card: TaskCard, data_dir: str | None) -> Task:
     if t.y is not None and not np.allclose(t.y[:, cols], y, rtol=1e-6, atol=1e-6):
         raise DataError(f"{card.path}: reference values differ between {card.source} and {card.target} for paired rows")
     groups = s.sample_ids
-    test_rows, pool_rows = _test_rows(card, groups, src, src_rows)
-    if test_rows.size == 0 or pool_rows.size == 0:
-        raise CardError(f"{card.path}: the test split leaves an empty test set or calibration pool")
-    if set(groups[test_rows]) & set(groups[pool_rows]):
-        raise DataError(f"{card.path}: a sample's replicates straddle calibration pool and test set")
+    outer = _outer_splits(card, groups, src, src_rows, dataset)
+    for k, (pool_rows, test_rows) in enumerate(outer):
+        where = f"{card.path}: outer split {k}" if len(outer) > 1 else f"{card.path}: the test split"
+        if test_rows.size == 0 or pool_rows.size == 0:
+            raise CardError(f"{where} leaves an empty test set or calibration pool")
+        if set(groups[test_rows]) & set(groups[pool_rows]):
+            raise DataError(f"{where}: a sample's replicates straddle calibration pool and test set")
+    pool_rows, test_rows = outer[0]
     return Task(
         card=card,
         X_source=s.values,
@@ -210,4 +267,5 @@ def _build(card: TaskCard, data_dir: str | None) -> Task:
         properties=tuple(props),
         data_sha256=dict(dataset.sha256),
         synthetic=bool(dataset.synthetic or card.synthetic),
+        outer_splits=tuple(outer),
     )

@@ -1,17 +1,21 @@
 """Optuna tuning of any method's ``search_space(trial)`` on validation splits of the calibration pool.
 
-The objective of a trial is the mean validation metric (RMSEP averaged over properties by
-default) over K validation splits carved from the calibration pool only
+Tuning is nested in the task's outer splits: a study tunes on one outer split ``k``
+(``TuneConfig.outer``) and its parameters are only ever used on the repetitions of that split,
+since the pool of split k holds the test samples of the other splits. The objective of a trial
+is the mean validation metric (RMSEP averaged over properties by default) over ``reps``
+validation splits carved from outer split k's calibration pool only
 (:func:`ctbench.splits.validation_splits`): the method is fitted on the inner pool's source
 spectra, transferred with standards drawn from the inner pool, and scored on the held-out part
-of the pool. The task's test rows are never read.
+of the pool. The outer split's test rows are never read.
 
 Studies live in an RDB storage (by default ``<results>/optuna.db``, SQLite) so a killed tune
 resumes where it stopped and several workers (processes or hosts) can share one study. Each
 worker runs one trial at a time and only while the study's COMPLETE + PRUNED count is below the
 target; a trial is admitted only when fewer than ``target`` non-failed trials precede it, so the
 final count is exact whatever the number of workers. The best parameters are written to
-``<results>/tuned/{method}/{task}/N{n}.json`` and used by ``ctbench run --params tuned``.
+``<results>/tuned/{method}/{task}/N{n}-outer{k}.json`` (``N{n}.json`` for a task with a single
+outer split) and used by ``ctbench run --params tuned`` on the repetitions of outer split k.
 """
 
 from __future__ import annotations
@@ -67,13 +71,21 @@ def default_storage(results_dir: Path | str) -> str:
     return f"sqlite:///{path}"
 
 
-def default_study_name(method: str, task: str, n_shots: int) -> str:
-    return f"ctbench/{method}/{task}/N{n_shots}"
+def outer_suffix(outer: int | None) -> str:
+    """``/outer{k}`` for outer split k of a task with several outer splits; '' for None (one split)."""
+    return "" if outer is None else f"/outer{int(outer)}"
 
 
-def tuned_path(results_dir: Path | str, method: str, task: str, n_shots: int) -> Path:
-    """Where the best parameters of (method, task, N) are saved."""
-    return Path(results_dir) / TUNED_DIR / method / task / f"N{n_shots}.json"
+def default_study_name(method: str, task: str, n_shots: int, outer: int | None = None) -> str:
+    """The study of (method, task, N[, outer split]); ``outer`` is None for a task with one outer split."""
+    return f"ctbench/{method}/{task}/N{n_shots}{outer_suffix(outer)}"
+
+
+def tuned_path(results_dir: Path | str, method: str, task: str, n_shots: int, outer: int | None = None) -> Path:
+    """Where the best parameters of (method, task, N) tuned on outer split ``outer`` are saved
+    (``outer`` None for a task with a single outer split: ``N{n}.json``)."""
+    name = f"N{n_shots}.json" if outer is None else f"N{n_shots}-outer{int(outer)}.json"
+    return Path(results_dir) / TUNED_DIR / method / task / name
 
 
 def masked_url(url: str) -> str:
@@ -109,12 +121,23 @@ class TuneConfig:
     max_failures: int = 5
     invocation: str = ""
     worker: int = 0
+    outer: int = 0
+    """The outer split whose calibration pool is tuned on (its parameters serve its repetitions only)."""
+    n_outer: int = 0
+    """The task's number of outer splits, set by :func:`setup_task` (0 until the task is built)."""
 
     def storage_url(self) -> str:
         return self.storage or default_storage(self.results_dir)
 
+    def outer_key(self) -> int | None:
+        """The outer split in names and paths: None for a task with a single outer split."""
+        return self.outer if self.n_outer > 1 else None
+
     def study_name(self) -> str:
-        return self.study or default_study_name(self.method, self.task, self.n_shots)
+        """The study (``--study`` or the default), with ``/outer{k}`` for a task with several outer splits."""
+        if self.study:
+            return self.study + outer_suffix(self.outer_key())
+        return default_study_name(self.method, self.task, self.n_shots, self.outer_key())
 
 
 # --- the objective: validation splits of the calibration pool -----------------------------------
@@ -148,7 +171,8 @@ def _jsonable(value: Any) -> Any:
 
 
 class ValidationObjective:
-    """Scores a method's parameters on K validation splits carved from the calibration pool.
+    """Scores a method's parameters on K validation splits carved from the calibration pool of
+    ``task`` (give it the outer split's view, ``task.outer(k)``: its pool is what is carved).
 
     Fitted methods are cached per (parameters, split), so a trial that repeats earlier
     parameters pays only for transfer and prediction.
@@ -161,10 +185,12 @@ class ValidationObjective:
         self.task, self.cls, self.method, self.n_shots, self.metric = task, cls, method, n_shots, metric
         self.splits = validation_splits(task, reps, n_shots, seed, HELDOUT_FRACTION)
         pool = set(int(r) for r in task.pool_rows)
+        test = set(int(r) for r in task.test_rows)
+        where = f"outer split {getattr(task, 'outer_index', 0)} of task {task.name!r}"
         for s in self.splits:  # the protocol's invariant, checked rather than trusted
-            rows = np.concatenate([s.pool_rows, s.standard_rows, s.heldout_rows]).astype(int)
-            if not set(rows.tolist()) <= pool or set(s.heldout_rows.tolist()) & set(s.pool_rows.tolist()):
-                raise TuningError(f"validation split {s.index} of task {task.name!r} leaves the calibration pool")
+            rows = set(np.concatenate([s.pool_rows, s.standard_rows, s.heldout_rows]).astype(int).tolist())
+            if not rows <= pool or rows & test or set(s.heldout_rows.tolist()) & set(s.pool_rows.tolist()):
+                raise TuningError(f"validation split {s.index} of {where} leaves its calibration pool")
         self.random_state = stable_seed(seed, "fit", task.name, task.version)
         self.has_rs = "random_state" in cls._param_names()
         self._fits: OrderedDict[tuple[str, int], Any] = OrderedDict()
@@ -469,10 +495,12 @@ def prepare_study(cfg: TuneConfig, protocol: dict[str, Any]) -> tuple[Any, int]:
     if existing is None:
         study.set_user_attr(A_PROTOCOL, protocol)
     else:
-        for key in ("method", "method_version", "task", "task_version", "n_shots", "n_splits", "seed", "metric", "heldout_fraction", "split_hashes"):
-            if existing.get(key) != protocol.get(key):
+        legacy = {"outer": 0, "n_outer": 1}  # studies made before tuning was nested in the outer splits
+        for key in ("method", "method_version", "task", "task_version", "outer", "n_outer", "n_shots", "n_splits", "seed",
+                    "metric", "heldout_fraction", "split_hashes"):
+            if existing.get(key, legacy.get(key)) != protocol.get(key):
                 raise TuningError(
-                    f"study {name!r} in {masked_url(cfg.storage_url())} was made with {key}={existing.get(key)!r}, "
+                    f"study {name!r} in {masked_url(cfg.storage_url())} was made with {key}={existing.get(key, legacy.get(key))!r}, "
                     f"this request has {protocol.get(key)!r}; use the same options or another --study name"
                 )
     return study, fail_stale_trials(study)
@@ -500,11 +528,26 @@ class WorkerResult:
     trials: list[int] = field(default_factory=list)
 
 
-def setup_task(cfg: TuneConfig) -> tuple[Any, Any, Any]:
-    """(task, method class, objective) for a config, with one-line errors for bad requests."""
+def load_task(task: str, data_dir: str | None = None) -> Any:
+    """The built task of a name or card path (one task, not a suite: a one-line TuningError)."""
     from ctbench.cards import SuiteCard, load_card
-    from ctbench.plugins import get_method
     from ctbench.tasks import build_task
+
+    card = load_card(task)
+    if isinstance(card, SuiteCard):
+        raise TuningError(f"{task!r} is a suite; tune one task at a time (e.g. {card.tasks[0]!r})")
+    return build_task(card, data_dir)
+
+
+def n_outer_splits(task: str, data_dir: str | None = None) -> int:
+    """How many outer splits a task has (each is tuned on its own: ``TuneConfig.outer``)."""
+    return load_task(task, data_dir).n_outer
+
+
+def setup_task(cfg: TuneConfig) -> tuple[Any, Any, Any]:
+    """(outer split ``cfg.outer``'s view of the task, method class, objective) for a config, with
+    one-line errors for bad requests; sets ``cfg.n_outer``."""
+    from ctbench.plugins import get_method
 
     if cfg.metric not in DIRECTIONS:
         raise TuningError(f"--metric must be one of {', '.join(DIRECTIONS)}, got {cfg.metric!r}")
@@ -515,13 +558,16 @@ def setup_task(cfg: TuneConfig) -> tuple[Any, Any, Any]:
             f"method {cfg.method!r} has no search space to tune: its class {cls.__name__} does not define "
             f"the classmethod search_space(trial)"
         )
-    card = load_card(cfg.task)
-    if isinstance(card, SuiteCard):
-        raise TuningError(f"{cfg.task!r} is a suite; tune one task at a time (e.g. {card.tasks[0]!r})")
-    task = build_task(card, cfg.data_dir)
-    why = check_shots(cls, cfg.method, task, cfg.n_shots)
+    base = load_task(cfg.task, cfg.data_dir)
+    if isinstance(cfg.outer, bool) or not isinstance(cfg.outer, (int, np.integer)) or not 0 <= cfg.outer < base.n_outer:
+        raise TuningError(
+            f"--outer must be 'all' or an outer split of task {base.name!r} (0..{base.n_outer - 1}), got {cfg.outer!r}"
+        )
+    cfg.outer, cfg.n_outer = int(cfg.outer), base.n_outer
+    why = check_shots(cls, cfg.method, base, cfg.n_shots)
     if why:
         raise TuningError(why)
+    task = base.outer(cfg.outer)
     objective = ValidationObjective(task, cls, cfg.method, cfg.n_shots, cfg.reps, cfg.seed, cfg.metric)
     return task, cls, objective
 
@@ -533,6 +579,8 @@ def study_protocol(cfg: TuneConfig, task: Any, cls: Any, objective: ValidationOb
         "task": task.name,
         "task_version": str(task.version),
         "seed": cfg.seed,
+        "outer": cfg.outer,
+        "n_outer": cfg.n_outer,
         **objective.protocol(),
     }
 
@@ -681,6 +729,8 @@ def best_summary(study: Any, cfg: TuneConfig, protocol: dict[str, Any]) -> dict[
         "task": protocol["task"],
         "task_version": protocol["task_version"],
         "n_shots": cfg.n_shots,
+        "outer": protocol["outer"],
+        "n_outer": protocol["n_outer"],
         "params": best.user_attrs.get(A_PARAMS, best.params),
         "best_value": best.value,
         "metric": cfg.metric,
@@ -693,7 +743,8 @@ def best_summary(study: Any, cfg: TuneConfig, protocol: dict[str, Any]) -> dict[
         "n_complete": counts.get("complete", 0),
         "n_pruned": counts.get("pruned", 0),
         "n_failed": counts.get("fail", 0),
-        "validation": {**{k: v for k, v in protocol.items() if k not in ("method", "method_version", "task", "task_version")},
+        "validation": {**{k: v for k, v in protocol.items()
+                          if k not in ("method", "method_version", "task", "task_version", "outer", "n_outer")},
                        "seed": cfg.seed, "best_split_values": best.user_attrs.get(A_SPLITS)},
         "ctbench": ctbench.__version__,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -702,12 +753,40 @@ def best_summary(study: Any, cfg: TuneConfig, protocol: dict[str, Any]) -> dict[
 
 def save_tuned(results_dir: Path | str, summary: dict[str, Any]) -> Path:
     """Write the tuned-parameters JSON atomically; returns its path."""
-    path = tuned_path(results_dir, summary["method"], summary["task"], summary["n_shots"])
+    outer = summary.get("outer", 0) if summary.get("n_outer", 1) > 1 else None
+    path = tuned_path(results_dir, summary["method"], summary["task"], summary["n_shots"], outer)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)
     return path
+
+
+@dataclass(frozen=True)
+class OuterReps:
+    """The repetitions of outer split ``index`` of ``of``: ``rep % of == index`` (a ``rep_filter``
+    for :func:`ctbench.runner.plan_runs`)."""
+
+    index: int
+    of: int
+
+    def __call__(self, rep: int) -> bool:
+        return int(rep) % self.of == self.index
+
+
+def _read_tuned(path: Path, card: Any, cls: Any, outer: int) -> tuple[dict[str, Any] | None, str | None]:
+    """(tuned parameters, None) of a usable tuned file, else (None, why not)."""
+    try:
+        doc = json.loads(path.read_text())
+        if str(doc.get("task_version")) != str(card.version):
+            return None, f"{path} was tuned for task version {doc.get('task_version')}, the task is at version {card.version}; re-tune"
+        if str(doc.get("method_version")) != str(cls.version):
+            return None, f"{path} was tuned for {cls.name} version {doc.get('method_version')}, the method is at version {cls.version}; re-tune"
+        if int(doc.get("outer", 0)) != outer:
+            return None, f"{path} was tuned on outer split {doc.get('outer')}, not {outer}; re-tune"
+        return dict(doc["params"]), None
+    except (ValueError, KeyError, TypeError) as exc:
+        return None, f"{path} is not a tuned-parameters file ({type(exc).__name__}: {exc})"
 
 
 def tuned_specs(
@@ -718,15 +797,20 @@ def tuned_specs(
     user_params: dict[str, Any] | None = None,
     data_dir: str | None = None,
     warn: Callable[[str], None] | None = None,
-) -> list[tuple[MethodSpec, list[str], list[int]]]:
-    """Method specs with the tuned parameters of each (method, task, N), for ``run --params tuned``.
+) -> list[tuple[MethodSpec, list[str], list[int], OuterReps]]:
+    """Method specs with the tuned parameters of each (method, task, N, outer split), for
+    ``run --params tuned``.
 
-    One ``(MethodSpec, [task], [N])`` per combination; ``params_source`` is ``tuned:<path>``.
-    Combinations without a usable tuned file fall back to default parameters with a warning.
-    ``--param`` values given by the user override tuned ones.
+    One ``(MethodSpec, [task], [N], OuterReps(k, K))`` per combination: outer split k's
+    repetitions use the parameters tuned on split k's pool (``params_source`` ``tuned:<path>``),
+    never another split's (whose pool holds split k's test samples). Splits without a usable
+    tuned file fall back to default parameters with a warning; when none of a (method, task, N)'s
+    K splits has one, a single default spec ``OuterReps(0, 1)`` (every repetition) and a single
+    warning stand for them. ``--param`` values given by the user override tuned ones.
     """
     from ctbench.cards import expand_tasks
     from ctbench.plugins import get_method
+    from ctbench.tasks import build_task
 
     if warn is None:
         import typer
@@ -735,38 +819,54 @@ def tuned_specs(
             typer.echo(f"warning: {msg}", err=True)
 
     user_params = dict(user_params or {})
-    out: list[tuple[MethodSpec, list[str], list[int]]] = []
+    out: list[tuple[MethodSpec, list[str], list[int], OuterReps]] = []
     expanded = expand_tasks(tasks)
     for method in methods:
         cls = get_method(method).cls
+        fallback = MethodSpec(method, dict(user_params), "cli" if user_params else "default")
         for card, _explicit, suite_shots in expanded:
+            n_outer = build_task(card, data_dir).n_outer
             grid = shots if shots is not None else list(suite_shots or card.shots)
             for n in grid:
-                path = tuned_path(results_dir, method, card.name, n)
-                params, source, problem = None, None, None
-                if not path.is_file():
-                    problem = f"no tuned parameters for {method} on {card.name} N={n} ({path} missing; run `ctbench tune --method {method} --task {card.name} --shots {n}`)"
-                else:
-                    try:
-                        doc = json.loads(path.read_text())
-                        if str(doc.get("task_version")) != str(card.version):
-                            problem = f"{path} was tuned for task version {doc.get('task_version')}, the task is at version {card.version}; re-tune"
-                        elif str(doc.get("method_version")) != str(cls.version):
-                            problem = f"{path} was tuned for {method} version {doc.get('method_version')}, the method is at version {cls.version}; re-tune"
-                        else:
-                            params = dict(doc["params"])
-                            source = f"tuned:{path}"
-                    except (ValueError, KeyError, TypeError) as exc:
-                        problem = f"{path} is not a tuned-parameters file ({type(exc).__name__}: {exc})"
-                if params is None:
-                    warn(f"{problem}; using default parameters")
-                    spec = MethodSpec(method, dict(user_params), "cli" if user_params else "default")
-                else:
+                found: list[tuple[int, MethodSpec | None, str | None]] = []
+                for k in range(n_outer):
+                    path = tuned_path(results_dir, method, card.name, n, k if n_outer > 1 else None)
+                    if not path.is_file():
+                        found.append((k, None, None))
+                        continue
+                    params, problem = _read_tuned(path, card, cls, k)
+                    if params is None:
+                        found.append((k, None, problem))
+                        continue
+                    source = f"tuned:{path}"
                     if user_params:
                         params.update(user_params)
                         source += "+cli"
-                    spec = MethodSpec(method, params, source)
-                out.append((spec, [card.name], [n]))
+                    found.append((k, MethodSpec(method, params, source), None))
+                command = f"ctbench tune --method {method} --task {card.name} --shots {n}"
+                if all(spec is None and problem is None for _, spec, problem in found):
+                    if n_outer == 1:
+                        path = tuned_path(results_dir, method, card.name, n)
+                        warn(f"no tuned parameters for {method} on {card.name} N={n} ({path} missing; run `{command}`); "
+                             f"using default parameters")
+                    else:
+                        path = tuned_path(results_dir, method, card.name, n, 0).with_name(f"N{n}-outer{{0..{n_outer - 1}}}.json")
+                        warn(f"no tuned parameters for {method} on {card.name} N={n} in any of its {n_outer} outer splits "
+                             f"({path} missing; run `{command} --outer all`); using default parameters")
+                    out.append((fallback, [card.name], [n], OuterReps(0, 1)))
+                    continue
+                for k, spec, problem in found:
+                    if spec is None:
+                        where = f" on the repetitions of outer split {k}" if n_outer > 1 else ""
+                        if problem is None:
+                            path = tuned_path(results_dir, method, card.name, n, k if n_outer > 1 else None)
+                            problem = (f"no tuned parameters for {method} on {card.name} N={n}"
+                                       + (f" outer split {k}" if n_outer > 1 else "")
+                                       + f" ({path} missing; run `{command}" + (f" --outer {k}" if n_outer > 1 else "") + "`)")
+                            where = " on its repetitions" if n_outer > 1 else ""
+                        warn(f"{problem}; using default parameters{where}")
+                        spec = fallback
+                    out.append((spec, [card.name], [n], OuterReps(k, n_outer)))
     return out
 
 
@@ -829,7 +929,7 @@ class TuneTracker:
             me = _this_process()
             run = self.client.create_run(
                 self.experiment_id,
-                run_name=f"tune-{cfg.method}-N{cfg.n_shots}",
+                run_name=f"tune-{cfg.method}-N{cfg.n_shots}" + (f"-outer{cfg.outer}" if cfg.n_outer > 1 else ""),
                 tags={"ctbench.study": cfg.study_name(), "ctbench.invocation": cfg.invocation, "ctbench.kind": "tune",
                       "ctbench.host": me["host"], "ctbench.pid": str(me["pid"]), "ctbench.pid_start": str(me["start"])},
             )
@@ -839,6 +939,7 @@ class TuneTracker:
                 "task_version": protocol["task_version"], "n_shots": cfg.n_shots, "reps": cfg.reps, "seed": cfg.seed,
                 "metric": cfg.metric, "study": cfg.study_name(), "storage": masked_url(cfg.storage_url()),
                 "trials_target": cfg.trials, "jobs": jobs, "pruner": cfg.pruner,
+                "outer": cfg.outer, "n_outer": cfg.n_outer,
             }
             self.client.log_batch(self.parent_id, params=[Param(k, str(v)[:500]) for k, v in params.items()])
         except Exception as exc:
@@ -950,9 +1051,10 @@ def tune(
     warn: Callable[[str], None] | None = None,
     progress: Any = None,
 ) -> TuneOutcome:
-    """Tune ``cfg.method`` on ``cfg.task`` at N = ``cfg.n_shots`` until the study holds
-    ``cfg.trials`` trials (resuming an existing study), with ``jobs`` worker processes; save
-    the best parameters. ``say`` prints a line, ``progress`` is an optional rich Progress."""
+    """Tune ``cfg.method`` on outer split ``cfg.outer`` of ``cfg.task`` at N = ``cfg.n_shots``
+    until the study holds ``cfg.trials`` trials (resuming an existing study), with ``jobs``
+    worker processes; save the best parameters (for that outer split's repetitions). ``say``
+    prints a line, ``progress`` is an optional rich Progress (one per call)."""
     import uuid
 
     say = say or (lambda msg: None)

@@ -65,13 +65,28 @@ def test_user_card_by_path(tmp_path):
 
 @pytest.mark.parametrize(
     "name, pool, test, p",
-    [("corn_m5_mp6", 60, 20, 700), ("tablet_1_2", 195, 460, 650), ("raman_anton532_anton785", 37, 16, 1051)],
+    [("corn_m5_mp6", 64, 16, 700), ("tablet_1_2", 195, 460, 650), ("raman_anton532_anton785", 40, 13, 1051)],
 )
 def test_real_tasks(mirror, name, pool, test, p):
     task = build_task(load_card(name))
     s = task.summary()
     assert (s["pool_samples"], s["test_samples"], task.X_source.shape[1]) == (pool, test, p)
     assert not task.synthetic
+    assert task.n_outer == (1 if name.startswith("tablet") else 5)
+
+
+def test_tasks_of_a_dataset_share_the_outer_partition(mirror):
+    """Every corn task tests on the same samples in outer split k (and so does every Raman task,
+    on the samples it has)."""
+    corn = [build_task(load_card(n)) for n in ("corn_m5_mp5", "corn_m5_mp6", "corn_mp6_m5")]
+    for k in range(5):
+        tests = [set(t.groups[t.outer(k).test_rows]) for t in corn]
+        assert tests[0] == tests[1] == tests[2] and len(tests[0]) == 16
+    raman = [build_task(load_card(n)) for n in ("raman_anton532_anton785", "raman_timegate_anton532")]
+    for k in range(5):
+        a, b = (set(t.groups[t.outer(k).test_rows]) for t in raman)
+        shared = set(raman[0].groups) & set(raman[1].groups)
+        assert a & shared == b & shared
 
 
 def test_user_csv_card_with_relative_paths(tmp_path):

@@ -86,10 +86,12 @@ def rmse(pred: np.ndarray, y: np.ndarray) -> float:
 # --- registration and contract ---------------------------------------------------------------
 
 
-def test_hook_registers_the_eight_methods():
+def test_hook_registers_the_classical_methods():
+    from ctbench_classical import ModelUpdate
+
     classes = ctbench_register_methods()
-    assert classes == ALL
-    assert [c.name for c in classes] == ["sbc", "ds", "pds", "cca", "dipls", "dipls_t", "mdipls", "gctpls"]
+    assert classes == [SBC, ModelUpdate] + ALL[1:]
+    assert [c.name for c in classes] == ["sbc", "model_update", "ds", "pds", "cca", "dipls", "dipls_t", "mdipls", "gctpls"]
     for cls in classes:
         assert issubclass(cls, TransferMethod)
         assert "random_state" in cls.default_params()

@@ -300,7 +300,7 @@ def test_a_correct_method_conforms() -> None:
 
 BROKEN = [
     (MutatesInputs, {"inputs_not_mutated": "transfer modified standards.X_target"}),
-    (WrongShape, {"predict_shape": "expected (30, 2)"}),
+    (WrongShape, {"predict_shape": "expected (24, 2)"}),
     (InitDoesWork, {"init_stores_params": "fitted attribute(s) model_", "clone_unfitted": "carries fitted attribute(s) model_"}),
     (ConvertsParams, {"init_stores_params": "changes parameter value(s) n_components",
                       "get_params_roundtrip": "differs in n_components", "clone_unfitted": "n_components"}),
@@ -312,7 +312,7 @@ BROKEN = [
     (BadTags, {"tags_consistent": "transform_target", "zero_shot": "0 standards"}),
     (Useless, {"beats_calibration_mean": "calibration mean"}),
     (SilentIterative, {"reports_intermediate": "never called report_intermediate"}),
-    (NaNPredictions, {"finite_predictions": "1 of 60 predictions are NaN or inf"}),
+    (NaNPredictions, {"finite_predictions": "1 of 48 predictions are NaN or inf"}),
 ]
 
 

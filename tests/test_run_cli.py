@@ -87,7 +87,10 @@ def test_demo_run_and_leaderboard(tmp_path):
     r = recs[0]
     for key in ("split", "data_sha256", "environment", "timings", "metrics", "identity"):
         assert key in r
-    assert r["split"]["hash"] and r["task"]["version"] == "1" and r["task"]["synthetic"] is True
+    assert r["split"]["hash"] and r["task"]["version"] == "2" and r["task"]["synthetic"] is True
+    # v2 records: the outer split of the repetition, per-row residuals, the chosen hyper-parameters
+    assert {x["outer"]["index"] for x in recs} == {0, 1} and all(x["outer"]["of"] == 5 for x in recs)
+    assert all(len(x["residuals"]["values"]) == x["task"]["test_rows"] for x in recs)
     # a rerun skips everything
     res = invoke("run", "-m", "no_transfer,target_only,full_recalibration", "-t", "synthetic_a_b",
                  "--shots", "5,10", "--reps", "2", "--results-dir", str(tmp_path), "--no-mlflow")
@@ -102,16 +105,22 @@ def test_demo_run_and_leaderboard(tmp_path):
         assert out.exit_code == 0 and "full_recalibration" in out.output
     rows = json.loads(invoke("leaderboard", "--results-dir", str(tmp_path), "-f", "json").output)
     fr = [x for x in rows if x["method"] == "full_recalibration"]
-    assert all(x["gap_closed"] == pytest.approx(1.0) for x in fr)
-    # a mean row's gap closed is that of the mean RMSEP it shows (not a mean of per-property gaps)
-    nt = {x["n_shots"]: x["mean"] for x in rows if x["method"] == "no_transfer"}
+    assert all(x["mean"] == pytest.approx(1.0) and x["rel_lo"] == pytest.approx(1.0) for x in fr)
+    # relative RMSEP by hand: per property RMSEP / full recalibration's on the same outer split,
+    # geometric mean over properties, then over repetitions
+    fr_by_rep = {r["rep"]: r["metrics"]["per_property"] for r in recs if r["method"]["name"] == "full_recalibration"}
     for x in rows:
         if x["method"] == "target_only":
-            expected = [(nt[x["n_shots"]] - r["metrics"]["mean"]["rmsep"]) / (nt[x["n_shots"]] - fr[0]["mean"])
-                        for r in recs if r["method"]["name"] == "target_only" and r["n_shots"] == x["n_shots"]]
-            assert x["gap_closed"] == pytest.approx(np.mean(expected))
+            logs = [np.mean([np.log(v["rmsep"] / fr_by_rep[r["rep"]][p]["rmsep"]) for p, v in r["metrics"]["per_property"].items()])
+                    for r in recs if r["method"]["name"] == "target_only" and r["n_shots"] == x["n_shots"]]
+            assert x["mean"] == pytest.approx(np.exp(np.mean(logs)))
+            assert x["lo"] < x["mean"] < x["hi"] and x["group"] is None and x["reference"]
     per = json.loads(invoke("leaderboard", "--results-dir", str(tmp_path), "-f", "json", "--per-property").output)
-    assert {x["property"] for x in per} == {"analyte_a", "analyte_b"}
+    assert {x["property"] for x in per} == {"mean", "analyte_a", "analyte_b"}
+    # gap closed is per property only (1 for full recalibration, 0 for no transfer)
+    for x in per:
+        if x["property"] != "mean" and x["method"] in ("full_recalibration", "no_transfer"):
+            assert x["gap_closed"] == pytest.approx(1.0 if x["method"] == "full_recalibration" else 0.0)
 
 
 def test_failures_are_recorded_sweep_goes_on_and_retried(tmp_path, extra_methods):
@@ -141,25 +150,29 @@ def test_protocol_method_never_sees_test_values_or_other_target_spectra(tmp_path
                  "--results-dir", str(tmp_path), "--no-mlflow")
     assert res.exit_code == 0, res.output
     task = build_task(load_card("synthetic_a_b"))
-    test_y = task.y[task.test_rows]
     transfers = [s for s in SEEN if s[0] == "transfer"]
     assert len(transfers) == 4
-    for (n, rep), (_, Xs, Xt, y) in zip([(0, 0), (0, 1), (5, 0), (5, 1)], transfers):
+    # the runner fits once per outer split, then runs that split's (N, rep) items
+    order = [(0, 0), (5, 0), (0, 1), (5, 1)]
+    for (n, rep), (_, Xs, Xt, y) in zip(order, transfers):
         split = make_split(task, n, rep)
+        view = task.outer(split.outer)
         # the standards' target spectra and values, nothing else from the target instrument
         assert np.array_equal(Xt, task.X_target[split.standard_rows])
         assert np.array_equal(Xs, task.X_source[split.standard_rows])
         assert np.array_equal(y, task.y[split.standard_rows])
-        assert not set(split.standard_rows.tolist()) & set(task.test_rows.tolist())
-    for kind, *arrays in SEEN:
-        if kind == "fit":
-            X, y = arrays
-            assert np.array_equal(X, task.X_source[task.pool_rows])  # source spectra of the pool only
-            assert np.array_equal(y, task.y[task.pool_rows])
-            assert not any(np.allclose(row, t) for row in y for t in test_y)
-        elif kind == "predict":
-            (X,) = arrays
-            assert np.array_equal(X, task.X_target[task.test_rows])
+        assert not set(split.standard_rows.tolist()) & set(view.test_rows.tolist())
+    fits = [a for kind, *a in SEEN if kind == "fit"]
+    predicts = [a for kind, *a in SEEN if kind == "predict"]
+    assert len(fits) == 2 and len(predicts) == 4
+    for k, (X, y) in enumerate(fits):
+        view = task.outer(k)
+        assert np.array_equal(X, task.X_source[view.pool_rows])  # source spectra of the outer pool only
+        assert np.array_equal(y, task.y[view.pool_rows])
+        test_y = task.y[view.test_rows]
+        assert not any(np.allclose(row, t) for row in y for t in test_y)
+    for (n, rep), (X,) in zip(order, predicts):
+        assert np.array_equal(X, task.X_target[task.outer(rep % 5).test_rows])
 
 
 def test_bad_input_errors(tmp_path, mirror):
@@ -168,7 +181,7 @@ def test_bad_input_errors(tmp_path, mirror):
     res = runner.invoke(app, ["run", "-m", "no_transfer", "-t", "corn_m5_mp9", "--results-dir", str(tmp_path)])
     assert res.exit_code == 2 and "unknown task" in res.output
     res = runner.invoke(app, ["run", "-m", "target_only", "-t", "corn_m5_mp6", "--shots", "70", "--results-dir", str(tmp_path)])
-    assert res.exit_code == 2 and "allowed 0..60" in res.output
+    assert res.exit_code == 2 and "allowed 0..64" in res.output
     res = runner.invoke(app, ["run", "-m", "target_only", "-t", "synthetic_a_b", "--shots", "2", "--results-dir", str(tmp_path)])
     assert res.exit_code == 2 and "at least 3 shots" in res.output
     res = runner.invoke(app, ["run", "-m", "target_only", "-t", "synthetic_a_b", "--shots", "0", "--results-dir", str(tmp_path)])
@@ -212,7 +225,7 @@ def test_leaderboard_refuses_mixed_versions(tmp_path):
     (path.parent / "other.json").write_text(json.dumps(rec))
     res = runner.invoke(app, ["leaderboard", "--results-dir", str(tmp_path)])
     assert res.exit_code == 2 and "refusing to mix" in res.output
-    res = runner.invoke(app, ["leaderboard", "--results-dir", str(tmp_path), "--task-version", "1", "-f", "md"])
+    res = runner.invoke(app, ["leaderboard", "--results-dir", str(tmp_path), "--task-version", "2", "-f", "md"])
     assert res.exit_code == 0
 
 

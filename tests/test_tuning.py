@@ -1,5 +1,6 @@
-"""`ctbench tune`: validation on the calibration pool only, search spaces, pruning, resume after a
-kill, several workers on one study with an exact trial count, MLflow, and `run --params tuned`."""
+"""`ctbench tune`: validation on one outer split's calibration pool only (tuning nested in the
+outer splits), search spaces, pruning, resume after a kill, several workers on one study with an
+exact trial count, MLflow, and `run --params tuned` using split k's parameters on split k only."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from ctbench.store import Store
 from ctbench.tuning import A_WORKER, TuneConfig, TuningError, tune
 
 runner = CliRunner()
-TASK = "synthetic_a_b"
+TASK = "synthetic_a_b"  # 5 outer splits (grouped folds)
+K = 5
 
 
 def invoke(*args: str):
@@ -245,6 +247,19 @@ def plugin_env(tmp_path_factory):
     return env
 
 
+def single_split_card(folder: Path) -> str:
+    """The demo task's card with a single outer split (a seeded random test set), as a path."""
+    import yaml
+
+    from ctbench.cards import load_card
+
+    doc = yaml.safe_load(Path(load_card(TASK).path).read_text())
+    doc.update(name="synthetic_single", version="1", test={"strategy": "random", "fraction": 0.25, "seed": 0})
+    path = folder / "synthetic_single.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
 # --- tests ---------------------------------------------------------------------------------------
 
 
@@ -278,6 +293,49 @@ def test_objective_never_sees_the_test_rows(tmp_path, extra_methods):
     assert predicted and all(not rows(a) & rows(task.X_target[test]) for a in predicted)
     saved = json.loads(out.path.read_text())
     assert saved["validation"]["n_splits"] == 3 and "test rows never used" in saved["validation"]["kind"]
+    assert (saved["outer"], saved["n_outer"]) == (0, K) and out.path.name == "N5-outer0.json"
+    assert out.study == saved["study"] == f"ctbench/tune_probe/{TASK}/N5/outer0"
+
+
+def test_each_outer_split_is_tuned_on_its_own_pool_only(tmp_path, extra_methods):
+    """Outer split k's study never sees split k's test rows (which lie in the other splits'
+    pools): neither in its validation splits nor in what the method is shown."""
+    from ctbench.cards import load_card
+    from ctbench.tasks import build_task
+    from ctbench.tuning import setup_task
+
+    extra_methods(LeakProbe)
+    base = build_task(load_card(TASK))
+    assert base.n_outer == K
+
+    def rows(a):
+        a = np.ascontiguousarray(np.atleast_2d(np.asarray(a, dtype=np.float64)))
+        return {r.tobytes() for r in a}
+
+    seen_tests = set()
+    for k in range(K):
+        view = base.outer(k)
+        test, pool = set(view.test_rows.tolist()), set(view.pool_rows.tolist())
+        assert not test & pool and test - set(base.pool_rows.tolist()) == (test if k == 0 else set())
+        cfg = TuneConfig("tune_probe", TASK, 5, trials=2, reps=3, results_dir=str(tmp_path), outer=k)
+        task, _, objective = setup_task(cfg)
+        assert task.outer_index == k and (cfg.outer, cfg.n_outer) == (k, K)
+        for split in objective.splits:
+            used = set(np.concatenate([split.pool_rows, split.standard_rows, split.heldout_rows]).tolist())
+            assert used <= pool and not used & test
+        SHOWN.clear()
+        out = tune(cfg, mlflow=False)
+        forbidden = rows(base.X_target[view.test_rows]) | rows(base.X_source[view.test_rows]) | rows(base.y[view.test_rows])
+        assert SHOWN and not any(rows(a) & forbidden for _, a in SHOWN)
+        assert all(rows(a) <= rows(base.X_target[view.pool_rows]) | rows(base.X_source[view.pool_rows]) | rows(base.y[view.pool_rows])
+                   for _, a in SHOWN)
+        saved = json.loads(out.path.read_text())
+        assert out.path.name == f"N5-outer{k}.json" and (saved["outer"], saved["n_outer"]) == (k, K)
+        assert out.study == f"ctbench/tune_probe/{TASK}/N5/outer{k}" and out.counts["counted"] == 2
+        seen_tests |= test
+    assert seen_tests == set(range(base.y.shape[0]))  # every sample is a test sample of one split
+    with pytest.raises(TuningError, match=r"--outer .*0\.\.4.*got 5"):
+        tune(TuneConfig("tune_probe", TASK, 5, trials=1, results_dir=str(tmp_path), outer=K), mlflow=False)
 
 
 def test_method_without_search_space_is_a_one_line_error(tmp_path, extra_methods):
@@ -333,10 +391,11 @@ def test_iterative_method_is_pruned(tmp_path, extra_methods):
 
 
 def test_resume_counts_existing_trials_and_fails_stale_ones(tmp_path):
-    base = ["tune", "-m", "target_only", "-t", TASK, "-n", "5", "--reps", "2", "--results-dir", str(tmp_path), "--no-mlflow"]
+    base = ["tune", "-m", "target_only", "-t", TASK, "-n", "5", "--outer", "0", "--reps", "2", "--results-dir", str(tmp_path),
+            "--no-mlflow"]
     res = invoke(*base, "--trials", "3")
     assert res.exit_code == 0, res.output
-    name = f"ctbench/target_only/{TASK}/N5"
+    name = f"ctbench/target_only/{TASK}/N5/outer0"
     assert states(load_study(tmp_path, name)) == {"COMPLETE": 3}
     # a worker killed mid-trial leaves a RUNNING trial behind: fake one whose process is gone
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -357,10 +416,10 @@ def test_resume_counts_existing_trials_and_fails_stale_ones(tmp_path):
 
 
 def test_sigkill_then_resume(tmp_path, plugin_env):
-    cmd = [sys.executable, "-m", "ctbench", "tune", "-m", "sleepy_mean", "-t", TASK, "-n", "5", "--reps", "2",
+    cmd = [sys.executable, "-m", "ctbench", "tune", "-m", "sleepy_mean", "-t", TASK, "-n", "5", "--outer", "0", "--reps", "2",
            "--trials", "400", "--results-dir", str(tmp_path), "--no-mlflow"]
     proc = subprocess.Popen(cmd, env=plugin_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    name = f"ctbench/sleepy_mean/{TASK}/N5"
+    name = f"ctbench/sleepy_mean/{TASK}/N5/outer0"
     deadline = time.time() + 60
     done = 0
     while time.time() < deadline and done < 3 and proc.poll() is None:
@@ -409,8 +468,9 @@ def test_a_trial_whose_worker_never_named_itself_fails_after_the_grace_period(tm
 
 def test_two_worker_processes_and_jobs_share_one_study_exactly(tmp_path, plugin_env):
     """Two `ctbench tune` processes on one SQLite study, each asked for the same total, one of
-    them with --jobs 2 (worker processes of its own): three workers, the total is exact."""
-    args = [sys.executable, "-m", "ctbench", "tune", "-m", "sleepy_mean", "-t", TASK, "-n", "5", "--reps", "1",
+    them with --jobs 2 (worker processes of its own): three workers, the total is exact. The
+    study is outer split 2's: the worker processes receive the outer split."""
+    args = [sys.executable, "-m", "ctbench", "tune", "-m", "sleepy_mean", "-t", TASK, "-n", "5", "--outer", "2", "--reps", "1",
             "--trials", "16", "--results-dir", str(tmp_path), "--no-mlflow"]
     gate = tmp_path / "gate"
     gate.mkdir()
@@ -419,7 +479,8 @@ def test_two_worker_processes_and_jobs_share_one_study_exactly(tmp_path, plugin_
              for extra in ([], ["--jobs", "2"])]
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    study = load_study(tmp_path, f"ctbench/sleepy_mean/{TASK}/N5")
+    study = load_study(tmp_path, f"ctbench/sleepy_mean/{TASK}/N5/outer2")
+    assert study.user_attrs["ctbench.protocol"]["outer"] == 2
     s = states(study)
     assert s["COMPLETE"] == 16 and "RUNNING" not in s and "PRUNED" not in s
     fails = [t for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL"]
@@ -428,54 +489,131 @@ def test_two_worker_processes_and_jobs_share_one_study_exactly(tmp_path, plugin_
     assert len(pids) == 3 and procs[1].pid not in pids  # --jobs ran its trials in its own two workers
     assert "with 2 workers" in outs[1]
     assert all("16 trials (16 complete" in o for o in outs)
+    assert [p.name for p in (tmp_path / "tuned" / "sleepy_mean" / TASK).iterdir()] == ["N5-outer2.json"]
 
 
-def test_tuned_params_are_used_by_run(tmp_path):
-    res = invoke("tune", "-m", "no_transfer", "-t", TASK, "-n", "5", "--reps", "2", "--trials", "3",
+def test_tune_all_outer_splits_then_run_uses_each_splits_params(tmp_path):
+    """`tune --outer all` makes one study and one file per outer split; `run --params tuned` gives
+    the repetitions of outer split k exactly split k's parameters, and the defaults (with a
+    warning) to those of a split without a tuned file."""
+    res = invoke("tune", "-m", "no_transfer", "-t", TASK, "-n", "5", "--reps", "1", "--trials", "2",
                  "--results-dir", str(tmp_path), "--no-mlflow")
     assert res.exit_code == 0, res.output
-    path = tmp_path / "tuned" / "no_transfer" / TASK / "N5.json"
-    tuned = json.loads(path.read_text())
-    assert tuned["n_trials"] == 3 and tuned["study"] == f"ctbench/no_transfer/{TASK}/N5"
-    assert {"params", "best_value", "storage", "timestamp", "validation"} <= set(tuned)
-    res = invoke("run", "-m", "no_transfer", "-t", TASK, "--shots", "5,10", "--reps", "2", "--params", "tuned",
+    folder = tmp_path / "tuned" / "no_transfer" / TASK
+    paths = [folder / f"N5-outer{k}.json" for k in range(K)]
+    assert sorted(folder.iterdir()) == paths
+    for k, path in enumerate(paths):
+        tuned = json.loads(path.read_text())
+        assert tuned["n_trials"] == 2 and (tuned["outer"], tuned["n_outer"]) == (k, K)
+        assert tuned["study"] == f"ctbench/no_transfer/{TASK}/N5/outer{k}"
+        assert {"params", "best_value", "storage", "timestamp", "validation"} <= set(tuned)
+        assert f"study 'ctbench/no_transfer/{TASK}/N5/outer{k}': 2 trials (2 complete" in res.output
+        # distinct parameters per split, so that each record shows which split's file it used
+        tuned["params"] = {"max_components": 3 + k, "cv": 5}
+        path.write_text(json.dumps(tuned))
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith(f"saved {K} files, one per outer split:") and all(str(p) in res.output for p in paths)
+    paths[3].unlink()
+    res = invoke("run", "-m", "no_transfer", "-t", TASK, "--shots", "5,10", "--reps", str(2 * K), "--params", "tuned",
                  "--results-dir", str(tmp_path), "--no-mlflow")
     assert res.exit_code == 0, res.output
-    assert "no tuned parameters for no_transfer on synthetic_a_b N=10" in res.output
+    out = " ".join(res.output.split())
+    assert f"{4 * K} runs in the grid" in out
+    assert f"no tuned parameters for no_transfer on {TASK} N=5 outer split 3 ({paths[3]} missing; " \
+           f"run `ctbench tune --method no_transfer --task {TASK} --shots 5 --outer 3`)" in out
+    assert "outer split 0 " not in out and "outer split 4 " not in out
+    assert f"no tuned parameters for no_transfer on {TASK} N=10 in any of its {K} outer splits" in out
     recs = list(Store(tmp_path).iter_records())
-    assert len(recs) == 4 and all(r["status"] == "ok" for r in recs)
-    by_n = {r["n_shots"]: r for r in recs}
-    assert by_n[5]["method"]["params_source"] == f"tuned:{path}"
-    assert by_n[5]["method"]["user_params"] == tuned["params"]
-    assert by_n[10]["method"]["params_source"] == "default"
+    assert len(recs) == 4 * K and all(r["status"] == "ok" for r in recs)
+    from ctbench.plugins import get_method
+
+    defaults = get_method("no_transfer").cls.default_params()
+    defaults.pop("random_state", None)
+    for r in recs:
+        k = r["outer"]["index"]
+        assert k == r["rep"] % K
+        if r["n_shots"] == 5 and k != 3:
+            want = {"max_components": 3 + k, "cv": 5}
+            assert r["method"]["params_source"] == f"tuned:{paths[k]}"
+            assert r["method"]["user_params"] == want
+            assert {key: r["identity"]["params"][key] for key in want} == want
+        else:
+            assert r["method"]["params_source"] == "default" and r["method"]["user_params"] == {}
+            assert r["identity"]["params"] == defaults
     res = invoke("leaderboard", "--results-dir", str(tmp_path), "-f", "md")
-    assert "(tuned)" in res.output
+    rows = [line for line in res.output.splitlines() if "(tuned)" in line]
+    assert len(rows) == 1 and f"| {2 * (K - 1)} |" in rows[0]  # the tuned splits' records form one row
+
+
+def test_plan_runs_rep_filter(tmp_path):
+    from ctbench.runner import MethodSpec, plan_runs
+    from ctbench.tuning import OuterReps
+
+    plan = plan_runs([MethodSpec("no_transfer")], [TASK], [5, 10], 12, 0, tmp_path, rep_filter=OuterReps(2, K))
+    assert plan.n_total == 4 and [sorted(u.items) for u in plan.units] == [[(5, 2), (5, 7), (10, 2), (10, 7)]]
+    assert plan_runs([MethodSpec("no_transfer")], [TASK], [5], 12, 0, tmp_path).n_total == 12
 
 
 def test_tuned_specs_shape_and_stale_versions(tmp_path):
+    from ctbench.cards import load_card
     from ctbench.runner import MethodSpec
-    from ctbench.tuning import tuned_path, tuned_specs
+    from ctbench.tuning import OuterReps, tuned_path, tuned_specs
 
-    path = tuned_path(tmp_path, "target_only", TASK, 5)
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"params": {"max_components": 4}, "task_version": "1", "method_version": "1"}))
+    from ctbench.plugins import get_method
+
+    version, mversion = load_card(TASK).version, get_method("target_only").cls.version
+    paths = [tuned_path(tmp_path, "target_only", TASK, 5, k) for k in range(K)]
+    paths[0].parent.mkdir(parents=True)
+    for k in (0, 1, 2, 4):
+        paths[k].write_text(json.dumps({"params": {"max_components": 4 + k}, "task_version": version,
+                                        "method_version": mversion, "outer": k, "n_outer": K}))
     warned: list[str] = []
     specs = tuned_specs(["target_only"], [TASK], [5, 10], tmp_path, {"cv": 5}, None, warn=warned.append)
+    cli = MethodSpec("target_only", {"cv": 5}, "cli")
     assert specs == [
-        (MethodSpec("target_only", {"max_components": 4, "cv": 5}, f"tuned:{path}+cli"), [TASK], [5]),
-        (MethodSpec("target_only", {"cv": 5}, "cli"), [TASK], [10]),
+        *[(MethodSpec("target_only", {"max_components": 4 + k, "cv": 5}, f"tuned:{paths[k]}+cli") if k != 3 else cli,
+           [TASK], [5], OuterReps(k, K)) for k in range(K)],
+        (cli, [TASK], [10], OuterReps(0, 1)),
     ]
-    assert len(warned) == 1
-    path.write_text(json.dumps({"params": {"max_components": 4}, "task_version": "0", "method_version": "1"}))
+    assert len(warned) == 2 and "outer split 3" in warned[0] and "--outer 3`" in warned[0] and "--outer all`" in warned[1]
+    assert [r for r in range(12) if OuterReps(3, K)(r)] == [3, 8] and all(OuterReps(0, 1)(r) for r in range(12))
+    paths[1].write_text(json.dumps({"params": {"max_components": 4}, "task_version": "0", "method_version": mversion, "outer": 1}))
+    paths[2].write_text(json.dumps({"params": {"max_components": 4}, "task_version": version, "method_version": mversion, "outer": 0}))
+    warned.clear()
     specs = tuned_specs(["target_only"], [TASK], [5], tmp_path, {}, None, warn=warned.append)
-    assert specs[0][0].params_source == "default" and "task version 0" in warned[-1]
+    assert [s.params_source for s, *_ in specs] == [f"tuned:{paths[0]}", "default", "default", "default", f"tuned:{paths[4]}"]
+    assert "task version 0" in warned[0] and "tuned on outer split 0, not 2" in warned[1] and "outer split 3" in warned[2]
+    # a task with a single outer split: N{n}.json, every repetition
+    card = single_split_card(tmp_path)
+    single = tuned_path(tmp_path, "target_only", "synthetic_single", 5)
+    assert single.name == "N5.json"
+    single.parent.mkdir(parents=True)
+    single.write_text(json.dumps({"params": {"max_components": 6}, "task_version": "1", "method_version": mversion}))
+    specs = tuned_specs(["target_only"], [card], [5, 10], tmp_path, {}, None, warn=warned.append)
+    assert specs == [(MethodSpec("target_only", {"max_components": 6}, f"tuned:{single}"), ["synthetic_single"], [5], OuterReps(0, 1)),
+                     (MethodSpec("target_only", {}, "default"), ["synthetic_single"], [10], OuterReps(0, 1))]
+    assert "N5.json" not in warned[-1] and f"{single.with_name('N10.json')} missing" in warned[-1] and "--outer" not in warned[-1]
+
+
+def test_a_single_outer_split_task_is_tuned_once(tmp_path):
+    card = single_split_card(tmp_path)
+    res = invoke("tune", "-m", "target_only", "-t", card, "-n", "5", "--reps", "1", "--trials", "2",
+                 "--results-dir", str(tmp_path), "--no-mlflow")
+    assert res.exit_code == 0, res.output
+    path = tmp_path / "tuned" / "target_only" / "synthetic_single" / "N5.json"
+    assert [p.name for p in path.parent.iterdir()] == ["N5.json"]
+    tuned = json.loads(path.read_text())
+    assert (tuned["outer"], tuned["n_outer"]) == (0, 1) and tuned["study"] == f"ctbench/target_only/{card}/N5"
+    assert " ".join(res.output.split()).endswith(f"saved to {path}; use them with `ctbench run --method target_only "
+                                                 f"--task synthetic_single --shots 5 --params tuned`")
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # SQLAlchemy deprecations inside MLflow
 def test_mlflow_nested_runs_and_errors_are_warnings(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    res = invoke("tune", "-m", "target_only", "-t", TASK, "-n", "5", "--reps", "1", "--trials", "3", "--results-dir", str(tmp_path))
+    res = invoke("tune", "-m", "target_only", "-t", TASK, "-n", "5", "--outer", "0", "--reps", "1", "--trials", "3",
+                 "--results-dir", str(tmp_path))
     assert res.exit_code == 0, res.output
     assert "warning" not in res.output.lower(), res.output
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
@@ -487,9 +625,11 @@ def test_mlflow_nested_runs_and_errors_are_warnings(tmp_path, monkeypatch):
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     assert all("val_rmsep" in c.data.metrics and "max_components" in c.data.params for c in children)
     assert parents[0].data.params["best.max_components"] and parents[0].info.status == "FINISHED"
+    assert parents[0].data.params["outer"] == "0" and parents[0].data.tags["ctbench.study"].endswith("/N5/outer0")
     # a broken tracking server is a warning, the study and the tuned file are still written
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "bogus-scheme://nowhere")
-    res = invoke("tune", "-m", "target_only", "-t", TASK, "-n", "5", "--reps", "1", "--trials", "4", "--results-dir", str(tmp_path))
+    res = invoke("tune", "-m", "target_only", "-t", TASK, "-n", "5", "--outer", "0", "--reps", "1", "--trials", "4",
+                 "--results-dir", str(tmp_path))
     assert res.exit_code == 0, res.output
     assert "warning: MLflow" in res.output and "4 trials (4 complete" in res.output
 
@@ -501,7 +641,7 @@ def test_failing_trials_do_not_count_and_a_broken_method_stops(tmp_path, extra_m
     s = states(load_study(tmp_path, out.study))
     assert s["COMPLETE"] == 6 and s.get("FAIL", 0) >= 1 and out.summary["params"]["x"] <= 0.5
     FLAKY_ALWAYS[0] = True
-    res = runner.invoke(app, ["tune", "-m", "flaky", "-t", TASK, "-n", "5", "--reps", "1", "--trials", "3",
+    res = runner.invoke(app, ["tune", "-m", "flaky", "-t", TASK, "-n", "5", "--outer", "0", "--reps", "1", "--trials", "3",
                               "--study", "broken", "--results-dir", str(tmp_path), "--no-mlflow"])
     assert res.exit_code == 2 and "5 trials in a row failed (last: LinAlgError: singular matrix)" in res.output
 
@@ -511,3 +651,12 @@ def test_bad_requests(tmp_path):
         tune(TuneConfig("target_only", TASK, 5, trials=2, metric="bias", results_dir=str(tmp_path)), mlflow=False)
     with pytest.raises(TuningError, match="suite"):
         tune(TuneConfig("target_only", "demo", 5, trials=2, results_dir=str(tmp_path)), mlflow=False)
+    with pytest.raises(TuningError, match=r"outer split of task 'synthetic_a_b' \(0\.\.4\), got -1"):
+        tune(TuneConfig("target_only", TASK, 5, trials=2, results_dir=str(tmp_path), outer=-1), mlflow=False)
+    base = ["tune", "-m", "target_only", "-t", TASK, "-n", "5", "--results-dir", str(tmp_path), "--no-mlflow"]
+    for outer, why in (("5", "(0..4), got 5"), ("one", "--outer takes 'all' or an outer split index")):
+        res = runner.invoke(app, [*base, "--outer", outer])
+        lines = res.output.strip().splitlines()
+        assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:") and why in lines[0], res.output
+    res = runner.invoke(app, ["tune", "-m", "target_only", "-t", "demo", "-n", "5", "--results-dir", str(tmp_path)])
+    assert res.exit_code == 2 and "is a suite" in res.output

@@ -19,7 +19,7 @@ def leaderboard(
     task: Optional[str] = typer.Option(None, "--task", "-t", help="Task(s) or suite(s), comma-separated (default: all in the store)."),
     shots: Optional[str] = typer.Option(None, "--shots", "-n", help="Shot counts, comma-separated."),
     method: Optional[str] = typer.Option(None, "--method", "-m", help="Method name(s), comma-separated."),
-    metric: str = typer.Option("rmsep", "--metric", help="rmsep, r2, rpd, bias, sep or gap_closed."),
+    metric: str = typer.Option("rel_rmsep", "--metric", help="rel_rmsep (RMSEP / full recalibration's), rmsep, r2, rpd, bias, sep or gap_closed (per property)."),
     per_property: bool = typer.Option(False, "--per-property", help="One row per property instead of their mean."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, md, csv or json."),
     results_dir: Path = typer.Option(results_dir_default(), "--results-dir", help="Result store folder."),
@@ -27,8 +27,8 @@ def leaderboard(
     method_version: Optional[str] = typer.Option(None, "--method-version", help="Only records of this method version."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file instead of the terminal."),
 ) -> None:
-    """Mean ± sd over repetitions and rank per (task, N), reference rows included."""
-    from ctbench.leaderboard import build_leaderboard, format_rows, rich_table
+    """Relative RMSEP with 95 % intervals and tie groups per (task, N), reference rows included."""
+    from ctbench.leaderboard import build_leaderboard, format_rows, missing_full_recalibration, rich_table
     from ctbench.store import Store
 
     if fmt not in ("table", "md", "csv", "json"):
@@ -47,6 +47,9 @@ def leaderboard(
                                  task_version=task_version, method_version=method_version)
     if not rows:
         fail("no records match the filters")
+    for t in missing_full_recalibration(rows):
+        typer.echo(f"warning: task {t!r} has no full_recalibration records: no relative RMSEP, intervals or tie groups "
+                   f"(run `ctbench run -m full_recalibration -t {t}` with the same --reps)", err=True)
     if fmt == "table" and out is None:
         from rich.console import Console
 

@@ -18,9 +18,10 @@ def report(
     results_dir: Path = typer.Option(results_dir_default(), "--results-dir", help="Result store folder."),
     out: Path = typer.Option(Path("report"), "--out", "-o", help="Output folder (index.html, summary.md, figures/)."),
     task: Optional[str] = typer.Option(None, "--task", "-t", help="Task(s) or suite(s), comma-separated (default: all in the store)."),
-    metric: str = typer.Option("rmsep", "--metric", help="rmsep, r2, rpd, bias, sep or gap_closed."),
+    metric: str = typer.Option("rel_rmsep", "--metric", help="rel_rmsep (RMSEP / full recalibration's, the headline), rmsep, r2, rpd, bias, sep or gap_closed: for the curves and the significance ranking."),
     shots_for_heatmap: int = typer.Option(10, "--shots-for-heatmap", help="N of the gap-closed heatmap (the closest N a task has)."),
-    band: str = typer.Option("sd", "--band", help="Band around the curves: sd (±1 sd) or minmax over repetitions."),
+    band: str = typer.Option("ci", "--band", help="Band around the curves: ci (95 % bootstrap interval of the relative RMSEP; ±1 sd for other metrics), sd (±1 sd) or minmax over repetitions."),
+    blocks: str = typer.Option("tasks", "--blocks", help="Blocks of the Friedman / Nemenyi test at each N: tasks (tasks of one dataset share samples: optimistic) or datasets (one block per dataset)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset mirror folder, to refit spectrum-correcting methods (else $CTBENCH_DATA, cache)."),
     no_spectra: bool = typer.Option(False, "--no-spectra", help="Skip refitting methods for the before/after spectra figure."),
     task_version: Optional[str] = typer.Option(None, "--task-version", help="Only records of this task version."),
@@ -30,8 +31,10 @@ def report(
     from ctbench.cli.leaderboard import _expand
     from ctbench.report import ReportError, build_report
 
-    if band not in ("sd", "minmax"):
-        fail(f"--band must be sd or minmax, got {band!r}")
+    if band not in ("ci", "sd", "minmax"):
+        fail(f"--band must be ci, sd or minmax, got {band!r}")
+    if blocks not in ("tasks", "datasets"):
+        fail(f"--blocks must be tasks or datasets, got {blocks!r}")
     if out.exists() and not out.is_dir():
         fail(f"--out {out} is a file; give a folder")
     with friendly_errors():
@@ -40,7 +43,7 @@ def report(
         try:
             rep = build_report(results_dir, out, tasks=tasks, metric=metric, shots_for_heatmap=shots_for_heatmap,
                                data_dir=data, band=band, task_version=task_version, method_version=method_version,
-                               spectra=not no_spectra)
+                               spectra=not no_spectra, blocks=blocks)
         except ReportError as exc:
             fail(str(exc))
     typer.echo(f"wrote {out / 'index.html'}, {out / 'summary.md'} and {len(rep.figures())} figure(s) under "

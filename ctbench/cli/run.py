@@ -67,7 +67,7 @@ def run(
         all_units = []
         for spec_group in _group_specs(specs):
             p = plan_runs(
-                [s for s, _, _ in spec_group],
+                [s for s, _, _, _ in spec_group],
                 spec_group[0][1] or tasks,
                 spec_group[0][2] if spec_group[0][2] is not None else shot_list,
                 reps,
@@ -75,6 +75,7 @@ def run(
                 results_dir,
                 data,
                 force,
+                rep_filter=spec_group[0][3],
             )
             if plan is None:
                 plan = p
@@ -82,7 +83,7 @@ def run(
                 plan.units += p.units
                 plan.n_total += p.n_total
                 plan.n_done += p.n_done
-                plan.skipped += p.skipped
+                plan.skipped = sorted(set(plan.skipped) | set(p.skipped))
                 plan.done_records += p.done_records
             all_units = plan.units
     for why in plan.skipped:
@@ -141,13 +142,18 @@ def run(
 
 
 def _group_specs(specs):
-    """Specs come as MethodSpec or (MethodSpec, tasks, shots) for tuned parameters per task/N."""
+    """Specs come as MethodSpec, or (MethodSpec, tasks, shots[, rep_filter]) for tuned parameters
+    per task / N / outer split (``rep_filter`` picks the repetitions of that outer split).
+    Returns groups of (spec, tasks, shots, rep_filter) sharing tasks, shots and rep_filter."""
     groups: dict[tuple, list] = {}
     for s in specs:
         if isinstance(s, tuple):
-            spec, tasks, shots = s
+            spec, tasks, shots, *rest = s
+            rep_filter = rest[0] if rest else None
         else:
-            spec, tasks, shots = s, None, None
-        key = (tuple(tasks) if tasks else None, tuple(shots) if shots is not None else None)
-        groups.setdefault(key, []).append((spec, list(tasks) if tasks else None, list(shots) if shots is not None else None))
+            spec, tasks, shots, rep_filter = s, None, None, None
+        key = (tuple(tasks) if tasks else None, tuple(shots) if shots is not None else None, rep_filter)
+        groups.setdefault(key, []).append(
+            (spec, list(tasks) if tasks else None, list(shots) if shots is not None else None, rep_filter)
+        )
     return list(groups.values())

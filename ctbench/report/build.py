@@ -18,9 +18,13 @@ from ctbench.report.collect import (
     missing_anchors,
     read_store,
     reference_rmsep,
+    task_datasets,
 )
+from ctbench.report.efficiency import BANDS
 from ctbench.report.figures import SavedFigure
-from ctbench.report.significance import FriedmanResult
+from ctbench.report.significance import BLOCK_KINDS, FriedmanResult
+
+REPORT_METRICS = ("rel_rmsep",) + METRICS + ("gap_closed",)
 
 
 @dataclass
@@ -56,16 +60,22 @@ class Report:
     n_failed: int
     methods: list[str]
     tasks: list[TaskSection]
+    blocks: str = "tasks"
     notes: list[str] = field(default_factory=list)
     heatmap: SavedFigure | None = None
     heatmap_note: str | None = None
-    friedman: FriedmanResult | None = None
-    cd_figure: SavedFigure | None = None
+    significance: list[FriedmanResult] = field(default_factory=list)
+    """One Friedman / Nemenyi analysis per N (in N order)."""
+    significance_note: str | None = None
+    """Why there is no analysis at all, else None."""
+    cd_figures: dict[int, SavedFigure] = field(default_factory=dict)
+    """N -> critical-difference diagram (for each N whose test ran)."""
     failures: list[Failure] = field(default_factory=list)
     spectra: list[Any] = field(default_factory=list)
 
     def figures(self) -> list[SavedFigure]:
-        figs = [t.curves for t in self.tasks] + [self.heatmap, self.cd_figure]
+        figs = [t.curves for t in self.tasks] + [self.heatmap]
+        figs += [self.cd_figures[n] for n in sorted(self.cd_figures)]
         figs += [s.figure for s in self.spectra]
         return [f for f in figs if f is not None]
 
@@ -74,52 +84,62 @@ def build_report(
     results_dir: Path | str,
     out_dir: Path | str,
     tasks: list[str] | None = None,
-    metric: str = "rmsep",
+    metric: str = "rel_rmsep",
     shots_for_heatmap: int = 10,
     data_dir: str | None = None,
-    band: str = "sd",
+    band: str = "ci",
     task_version: str | None = None,
     method_version: str | None = None,
     spectra: bool = True,
+    blocks: str = "tasks",
 ) -> Report:
     """Read the store, make every figure under ``out_dir/figures`` and write
     ``out_dir/index.html`` (self-contained) and ``out_dir/summary.md``."""
     from ctbench.report.heatmap import gap_matrix, heatmap_figure
     from ctbench.report.page import render_html, render_markdown
-    from ctbench.report.significance import cd_figure, friedman_nemenyi
+    from ctbench.report.significance import cd_figure, friedman_by_shots
 
-    if metric not in METRICS and metric != "gap_closed":
-        raise ReportError(f"unknown metric {metric!r}; choose from {', '.join(METRICS + ('gap_closed',))}")
-    if band not in ("sd", "minmax"):
-        raise ReportError(f"band must be 'sd' or 'minmax', got {band!r}")
+    if metric not in REPORT_METRICS:
+        raise ReportError(f"unknown metric {metric!r}; choose from {', '.join(REPORT_METRICS)}")
+    if band not in BANDS:
+        raise ReportError(f"band must be one of {', '.join(BANDS)}, got {band!r}")
+    if blocks not in BLOCK_KINDS:
+        raise ReportError(f"blocks must be one of {', '.join(BLOCK_KINDS)}, got {blocks!r}")
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     contents = read_store(results_dir, tasks, task_version, method_version)
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear_old_figures(out_dir)
 
-    rows_all = build_leaderboard(contents.records, metric=metric)
+    # one pass: the mean rows and the per-property rows (gap closed has no mean row: the mean
+    # tables then show the relative RMSEP)
+    every_row = build_leaderboard(contents.records, metric=metric, per_property=True)
+    prop_rows = [r for r in every_row if r["property"] != "mean"]
+    if metric == "gap_closed":
+        rows_all = build_leaderboard(contents.records, metric="rel_rmsep")
+    else:
+        rows_all = [r for r in every_row if r["property"] == "mean"]
     refs = reference_rmsep(contents.records)
     report = Report(
         results_dir=results_dir, out_dir=out_dir, metric=metric, band=band, shots_for_heatmap=shots_for_heatmap,
         generated=datetime.now(timezone.utc).isoformat(timespec="seconds"), n_records=len(contents.records),
         n_ok=len(contents.ok), n_failed=len(contents.failed), methods=label_order(contents.records), tasks=[],
-        notes=list(contents.warnings),
+        blocks=blocks, notes=list(contents.warnings),
     )
     if tasks:
         absent = [t for t in tasks if t not in contents.tasks]
         if absent:
             report.notes.append(f"no records for task(s) {', '.join(absent)} in {results_dir}.")
     for t in contents.tasks:
-        report.tasks.append(_task_section(contents, t, rows_all, metric, refs, out_dir, band))
+        report.tasks.append(_task_section(contents, t, rows_all, prop_rows, metric, refs, out_dir, band))
     if len(contents.tasks) == 1:
-        report.notes.append("the store holds a single task: the heatmap has one column and the significance test "
-                            "ranks methods over that task's shot counts only.")
+        report.notes.append("the store holds a single task: the significance test compares methods over blocks "
+                            "(tasks or datasets) at one N, so it needs at least two tasks.")
     real = [m for m in report.methods if m not in ("no_transfer", "target_only", "full_recalibration")]
     if not real:
         report.notes.append("only reference methods (no_transfer, target_only, full_recalibration) are in the store; "
                             "run a transfer method to compare it against them.")
 
-    gm = gap_matrix(rows_all, contents.tasks, shots_for_heatmap, report.methods)
+    gm = gap_matrix(prop_rows, contents.tasks, shots_for_heatmap, report.methods)
     if gm is None:
         report.heatmap_note = "no method other than the no_transfer / full_recalibration anchors has records."
     elif not np.isfinite(gm.values).any():
@@ -131,9 +151,18 @@ def build_report(
         if off:
             report.heatmap_note = (f"N = {shots_for_heatmap} is not in every task; closest used: {', '.join(off)}.")
 
-    report.friedman = friedman_nemenyi(rows_all, metric)
-    if report.friedman.ran and len(report.friedman.methods) >= 2:
-        report.cd_figure = cd_figure(report.friedman, out_dir)
+    if metric == "gap_closed":
+        report.significance_note = ("gap closed is a per-property figure with no value for a task as a whole, so "
+                                    "methods are not ranked on it; use --metric rel_rmsep (the default).")
+    else:
+        datasets, samples = task_datasets(contents.records)
+        report.significance = friedman_by_shots(rows_all, metric, blocks=blocks, datasets=datasets,
+                                                dataset_samples=samples)
+        if not report.significance:
+            report.significance_note = "no non-reference method has a row: there is nothing to rank."
+        for res in report.significance:
+            if res.ran and len(res.methods) >= 2:
+                report.cd_figures[res.n_shots] = cd_figure(res, out_dir)
 
     report.failures = _failures(contents)
     if spectra:
@@ -158,28 +187,35 @@ def _clear_old_figures(out_dir: Path) -> None:
                 pass
 
 
-def _task_section(contents: StoreContents, task: str, rows_all: list[dict], metric: str, refs: dict,
-                  out_dir: Path, band: str) -> TaskSection:
+def _task_section(contents: StoreContents, task: str, rows_all: list[dict], prop_rows_all: list[dict], metric: str,
+                  refs: dict, out_dir: Path, band: str) -> TaskSection:
     from ctbench.report.efficiency import efficiency_figure
 
     ok = contents.task_records(task)
     every = contents.task_records(task, ok_only=False)
     summary = dict((ok or every)[0].get("task") or {"name": task})
     rows = [r for r in rows_all if r["task"] == task]
-    prop_rows = build_leaderboard(contents.records, metric=metric, tasks=[task], per_property=True) if ok else []
+    prop_rows = [r for r in prop_rows_all if r["task"] == task] if ok else []
     sec = TaskSection(name=task, summary=summary, rows=rows, property_rows=prop_rows)
     if not ok:
         sec.notes.append("every record of this task failed; see the failures section.")
         return sec
     miss = missing_anchors(contents, task)
     if miss:
-        sec.notes.append(f"missing reference record(s): {', '.join(miss)}; gap closed is not available for this task"
-                         + (" and the curves lack that horizontal line." if metric != "gap_closed" else "."))
+        lost = ["gap closed"]
+        if "full_recalibration" in miss:
+            lost = ["relative RMSEP, its interval, the tie groups"] + lost
+        sec.notes.append(f"missing reference record(s): {', '.join(miss)}; {' and '.join(lost)} are not available "
+                         f"for this task" + (" and the curves lack that horizontal line." if metric != "gap_closed"
+                                              else "."))
+    elif rows and not any(np.isfinite(r.get("rel_mean", np.nan)) for r in rows):
+        sec.notes.append("no record shares an outer test split with a full_recalibration record: relative RMSEP is "
+                         "not available for this task.")
     labels = {method_label(r) for r in ok}
     if len(labels) == 1:
         sec.notes.append(f"only one method ({next(iter(labels))}) has results for this task.")
     title = f"{task} ({summary.get('source', '?')} → {summary.get('target', '?')})"
-    sec.curves = efficiency_figure(task, ok, metric, refs, out_dir, band=band, title=title)
+    sec.curves = efficiency_figure(task, ok, metric, refs, out_dir, band=band, title=title, rows=prop_rows)
     return sec
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ctbench.leaderboard import REFERENCE_METHODS, method_label
+from ctbench.metrics import gap_closed
 
 ANCHORS = ("no_transfer", "full_recalibration")
 """The two ends of *gap closed*; their values do not depend on N."""
@@ -98,23 +99,66 @@ def task_properties(records: list[dict[str, Any]]) -> list[str]:
     return props
 
 
-def record_value(rec: dict[str, Any], metric: str, prop: str | None, refs: dict) -> float:
-    """The metric of one record for one property (None: the mean over properties)."""
-    if metric == "gap_closed":
-        from ctbench.leaderboard import _record_gap
+def split_key(rec: dict[str, Any]) -> str:
+    """The record's outer test split (the hash of its test rows; "" for records without one)."""
+    return str((rec.get("split") or {}).get("test_rows_hash", ""))
 
-        return _record_gap(rec, refs, prop)
+
+def record_value(rec: dict[str, Any], metric: str, prop: str | None, refs: dict) -> float:
+    """The metric of one record for one property (None: the mean over properties; for rel_rmsep
+    the geometric mean over properties, for gap_closed NaN, a per-property figure only)."""
+    per = rec["metrics"]["per_property"]
+    if metric in ("rel_rmsep", "gap_closed"):
+        key = (rec["identity"]["task"], split_key(rec))
+        fr, nt = refs.get(key + ("full_recalibration",)), refs.get(key + ("no_transfer",))
+        if fr is None or (metric == "gap_closed" and nt is None):
+            return float("nan")
+        props = [prop] if prop is not None else list(per)
+        if metric == "gap_closed":
+            if prop is None or prop not in fr or prop not in nt or prop not in per:
+                return float("nan")
+            return gap_closed(per[prop]["rmsep"], nt[prop], fr[prop])
+        ratios = [per[p]["rmsep"] / fr[p] for p in props if p in per and p in fr and fr[p] > 0]
+        if len(ratios) != len(props) or not all(r > 0 for r in ratios):
+            return float("nan")
+        return float(np.exp(np.mean(np.log(ratios))))
     if prop is None:
         return float(rec["metrics"]["mean"].get(metric, np.nan))
-    pp = rec["metrics"]["per_property"].get(prop)
+    pp = per.get(prop)
     return float(pp.get(metric, np.nan)) if pp else float("nan")
 
 
-def reference_rmsep(records: list[dict[str, Any]]) -> dict:
-    """(task, anchor) -> property -> mean RMSEP, as the leaderboard computes it."""
-    from ctbench.leaderboard import _reference_rmsep
+def reference_rmsep(records: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, float]]:
+    """(task, test-rows hash, anchor) -> property -> RMSEP of the no_transfer / full_recalibration
+    record (default parameters) on that outer split; they do not depend on N (mean if several)."""
+    acc: dict[tuple[str, str, str], dict[str, list[float]]] = {}
+    for r in records:
+        if not is_ok(r) or not is_anchor(r):
+            continue
+        d = acc.setdefault((r["identity"]["task"], split_key(r), base_name(r)), {})
+        for prop, vals in r["metrics"]["per_property"].items():
+            d.setdefault(prop, []).append(float(vals["rmsep"]))
+    return {k: {p: float(np.mean(v)) for p, v in d.items()} for k, d in acc.items()}
 
-    return _reference_rmsep([r for r in records if is_ok(r)])
+
+def task_datasets(records: list[dict[str, Any]]) -> tuple[dict[str, str], dict[str, int]]:
+    """task -> dataset and dataset -> number of samples (pool + test, the largest over its tasks),
+    from the records' task summaries."""
+    ds: dict[str, str] = {}
+    samples: dict[str, int] = {}
+    for r in records:
+        summ = r.get("task") or {}
+        d = summ.get("dataset")
+        if not d:
+            continue
+        ds[r["identity"]["task"]] = str(d)
+        try:
+            n = int(summ.get("pool_samples") or 0) + int(summ.get("test_samples") or 0)
+        except (TypeError, ValueError):
+            n = 0
+        if n:
+            samples[str(d)] = max(samples.get(str(d), 0), n)
+    return ds, samples
 
 
 def label_order(records: list[dict[str, Any]]) -> list[str]:

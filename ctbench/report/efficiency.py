@@ -1,13 +1,17 @@
 """Sample-efficiency curves: the metric against the number of transfer standards N.
 
-One figure per task, one panel per property, one line per method (mean over repetitions)
-with a band (±1 sd or min-max over repetitions). no_transfer and full_recalibration do not
-depend on N and are drawn as dashed horizontal lines at their mean.
+One figure per task, one panel per property, one line per method. The default is the relative
+RMSEP (RMSEP / RMSEP of full_recalibration on the same outer test split) with its 95 %
+bootstrap interval as the band, both taken from the leaderboard's per-property rows. With
+``band`` "sd" or "minmax" (or a metric without an interval) the line and band come from the
+records: the mean over repetitions (geometric for relative RMSEP) with ±1 sd (geometric sd for
+relative RMSEP) or the min-max. no_transfer and full_recalibration do not depend on N and are
+drawn as dashed horizontal lines at their level.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,7 @@ import numpy as np
 
 from ctbench.leaderboard import method_label
 from ctbench.report.collect import (
+    ANCHORS,
     base_name,
     is_anchor,
     label_order,
@@ -23,7 +28,10 @@ from ctbench.report.collect import (
 )
 from ctbench.report.figures import SavedFigure, method_colors, new_figure, save_figure
 
-METRIC_NAMES = {"rmsep": "RMSEP", "r2": "R²", "rpd": "RPD", "bias": "bias", "sep": "SEP", "gap_closed": "gap closed"}
+METRIC_NAMES = {"rel_rmsep": "relative RMSEP", "rmsep": "RMSEP", "r2": "R²", "rpd": "RPD", "bias": "bias",
+                "sep": "SEP", "gap_closed": "gap closed"}
+BANDS = ("ci", "sd", "minmax")
+GEOMETRIC = ("rel_rmsep",)
 
 
 @dataclass
@@ -31,42 +39,80 @@ class Curve:
     label: str
     method: str
     anchor: bool
-    values: dict[int, list[float]]
+    values: dict[int, list[float]] = field(default_factory=dict)
     """N -> values over repetitions (finite only)."""
+    points: dict[int, tuple[float, float, float]] = field(default_factory=dict)
+    """N -> (value, lower, upper) given directly (leaderboard rows); used instead of ``values``."""
+    geometric: bool = False
 
     def ns(self) -> list[int]:
+        if self.points:
+            return sorted(n for n, p in self.points.items() if np.isfinite(p[0]))
         return sorted(n for n, v in self.values.items() if v)
 
     def summary(self, band: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """N, mean, lower, upper of the band."""
+        """N, centre, lower, upper of the band."""
         ns = self.ns()
-        mean = np.array([np.mean(self.values[n]) for n in ns])
+        if self.points:
+            pts = np.array([self.points[n] for n in ns], dtype=float).reshape(-1, 3)
+            return np.asarray(ns, dtype=float), pts[:, 0], pts[:, 1], pts[:, 2]
+        vals = [np.log(self.values[n]) if self.geometric else np.asarray(self.values[n], dtype=float) for n in ns]
+        centre = np.array([np.mean(v) for v in vals])
         if band == "minmax":
-            lo = np.array([np.min(self.values[n]) for n in ns])
-            hi = np.array([np.max(self.values[n]) for n in ns])
+            lo = np.array([np.min(v) for v in vals])
+            hi = np.array([np.max(v) for v in vals])
         else:
-            sd = np.array([np.std(self.values[n], ddof=1) if len(self.values[n]) > 1 else 0.0 for n in ns])
-            lo, hi = mean - sd, mean + sd
-        return np.asarray(ns, dtype=float), mean, lo, hi
+            sd = np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in vals])
+            lo, hi = centre - sd, centre + sd
+        if self.geometric:
+            centre, lo, hi = np.exp(centre), np.exp(lo), np.exp(hi)
+        return np.asarray(ns, dtype=float), centre, lo, hi
 
     def level(self) -> float:
-        """Mean over every N and repetition (for N-independent anchors)."""
-        allv = [v for vals in self.values.values() for v in vals]
-        return float(np.mean(allv)) if allv else float("nan")
+        """The level of an N-independent anchor (mean over N; geometric for relative RMSEP)."""
+        if self.points:
+            allv = [p[0] for p in self.points.values() if np.isfinite(p[0])]
+        else:
+            allv = [v for vals in self.values.values() for v in vals]
+        if not allv:
+            return float("nan")
+        return float(np.exp(np.mean(np.log(allv)))) if self.geometric and min(allv) > 0 else float(np.mean(allv))
 
 
 def task_curves(records: list[dict[str, Any]], metric: str, prop: str, refs: dict) -> list[Curve]:
     """Curves of one task and property from its ok records, in display order."""
     by_label: dict[str, Curve] = {}
+    geo = metric in GEOMETRIC
     for r in records:
         label = method_label(r)
-        c = by_label.setdefault(label, Curve(label, base_name(r), is_anchor(r), {}))
+        c = by_label.setdefault(label, Curve(label, base_name(r), is_anchor(r), geometric=geo))
         v = record_value(r, metric, prop, refs)
         vals = c.values.setdefault(int(r["identity"]["n_shots"]), [])
-        if np.isfinite(v):
+        if np.isfinite(v) and (not geo or v > 0):
             vals.append(v)
     order = label_order(records)
     return [by_label[lab] for lab in order if lab in by_label and by_label[lab].ns()]
+
+
+def row_curves(rows: list[dict[str, Any]], records: list[dict[str, Any]], prop: str) -> list[Curve]:
+    """Curves of one property from the leaderboard's per-property rows: value and 95 % interval."""
+    names = {method_label(r): base_name(r) for r in records}
+    by_label: dict[str, Curve] = {}
+    for r in rows:
+        if r.get("property") != prop:
+            continue
+        label = r["method"]
+        method = names.get(label, label)
+        anchor = bool(r.get("reference")) and label in ANCHORS
+        c = by_label.setdefault(label, Curve(label, method, anchor, geometric=True))
+        c.points[int(r["n_shots"])] = (float(r.get("mean", np.nan)), float(r.get("lo", np.nan)),
+                                       float(r.get("hi", np.nan)))
+    order = label_order(records)
+    return [by_label[lab] for lab in order if lab in by_label and by_label[lab].ns()]
+
+
+def has_interval(rows: list[dict[str, Any]]) -> bool:
+    return any(np.isfinite(r.get("lo", np.nan)) and np.isfinite(r.get("hi", np.nan)) for r in rows)
 
 
 def efficiency_figure(
@@ -75,14 +121,26 @@ def efficiency_figure(
     metric: str,
     refs: dict,
     out_dir: Path,
-    band: str = "sd",
+    band: str = "ci",
     title: str | None = None,
+    rows: list[dict[str, Any]] | None = None,
 ) -> SavedFigure | None:
-    """The task's sample-efficiency figure, or None when it has no usable record."""
+    """The task's sample-efficiency figure, or None when it has no usable record.
+
+    ``rows``: the task's per-property leaderboard rows built for ``metric``; with ``band`` "ci"
+    and relative RMSEP their values and 95 % intervals are drawn. Otherwise (another metric, or
+    rows without intervals) "ci" falls back to ±1 sd over repetitions, and the caption says so.
+    """
     from matplotlib.ticker import FixedLocator, NullLocator
 
     props = task_properties(records)
-    panels = [(p, task_curves(records, metric, p, refs)) for p in props]
+    prop_rows = [r for r in rows or [] if r.get("property") != "mean" and r.get("metric", metric) == metric]
+    use_rows = band == "ci" and metric == "rel_rmsep" and has_interval(prop_rows)
+    fallback = band == "ci" and not use_rows
+    if use_rows:
+        panels = [(p, row_curves(prop_rows, records, p)) for p in props]
+    else:
+        panels = [(p, task_curves(records, metric, p, refs)) for p in props]
     panels = [(p, cs) for p, cs in panels if cs]
     if not panels:
         return None
@@ -112,11 +170,14 @@ def efficiency_figure(
                 lw = 1.4 if st["linestyle"] == ":" else 2.0
                 (h,) = ax.plot(x, mean, color=st["color"], linestyle=st["linestyle"], marker="o", markersize=4,
                                linewidth=lw, label=c.label)
-                ax.fill_between(x, lo, hi, color=st["color"], alpha=0.15, linewidth=0)
-                if x.size == 1:
+                ok = np.isfinite(lo) & np.isfinite(hi)
+                if ok.any():
+                    ax.fill_between(x, np.where(ok, lo, mean), np.where(ok, hi, mean), color=st["color"],
+                                    alpha=0.15, linewidth=0)
+                if x.size == 1 and ok.all():
                     ax.errorbar(x, mean, yerr=[mean - lo, hi - mean], color=st["color"], capsize=3)
-                lows += list(lo)
-                highs += list(hi)
+                lows += list(lo[ok]) + list(mean)
+                highs += list(hi[ok]) + list(mean)
             handles.setdefault(c.label, h)
         if zero:
             ax.set_xscale("symlog", linthresh=1.0)
@@ -142,16 +203,27 @@ def efficiency_figure(
     fig.suptitle(title or f"{task}: {name} vs N", fontsize=12)
     fig.legend([handles[lab] for lab in labels if lab in handles], [lab for lab in labels if lab in handles],
                loc="outside lower center", ncols=min(len(handles), 4), frameon=False, fontsize=9)
-    band_text = "min-max" if band == "minmax" else "±1 sd"
-    caption = (f"{task}: {name} on the test set against the number of transfer standards N, one panel per "
-               f"property. Lines: mean over repetitions, band: {band_text} over repetitions. Dashed horizontal "
-               f"lines: no_transfer (floor) and full_recalibration (ceiling), which do not depend on N.")
+    if use_rows:
+        how = ("Lines: geometric mean over repetitions (as in the leaderboard); band: 95 % bootstrap interval "
+               "over test samples (ctbench.stats).")
+    elif metric in GEOMETRIC:
+        how = ("Lines: geometric mean over repetitions; band: " + ("min-max" if band == "minmax" else
+               "±1 geometric sd") + " over repetitions" + (" (no bootstrap interval in the records)." if fallback
+                                                           else "."))
+    else:
+        how = ("Lines: mean over repetitions; band: " + ("min-max" if band == "minmax" else "±1 sd")
+               + " over repetitions" + (f" ({name} has no bootstrap interval)." if fallback else "."))
+    what = (f"{name} (RMSEP / RMSEP of full_recalibration on the same outer test split; 1 = full recalibration)"
+            if metric == "rel_rmsep" else name)
+    caption = (f"{task}: {what} on the test set against the number of transfer standards N, one panel per "
+               f"property. {how} Dashed horizontal lines: no_transfer (floor) and full_recalibration (ceiling), "
+               f"which do not depend on N.")
     return save_figure(fig, out_dir, f"efficiency_{task}_{metric}", caption)
 
 
 def _maybe_log_y(ax: Any, metric: str, lows: list[float], highs: list[float]) -> None:
     """Log y-axis for positive error metrics spanning more than a decade (the floor is often far off)."""
-    if metric not in ("rmsep", "sep"):
+    if metric not in ("rel_rmsep", "rmsep", "sep"):
         return
     lo = [v for v in lows if np.isfinite(v)]
     hi = [v for v in highs if np.isfinite(v)]

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from ctbench.leaderboard import _fmt, _gap, _mean_sd, format_rows
 from ctbench.report.efficiency import METRIC_NAMES
 from ctbench.report.figures import SavedFigure
 
@@ -28,9 +27,104 @@ figcaption{font-size:13px;color:#444;max-width:980px} nav a{margin-right:14px}
 details{margin:6px 0} code{background:#f3f3f3;padding:0 3px}
 """
 
+LEGEND = (
+    "rel. RMSEP = RMSEP / RMSEP(full_recalibration) on the same outer test split (1 = as good as full "
+    "recalibration; lower is better), geometric mean over properties (the task row) and over repetitions, with its "
+    "95 % bootstrap interval over test samples. Group: 1 = the best method of the (task, N) cell and every method "
+    "not significantly worse than it (paired bootstrap test, Holm-corrected, α = 0.05), 2 = the best of the rest "
+    "and those tied with it, ...; “=” marks a group shared by several methods. RMSEP: mean ± sd over repetitions "
+    "(raw, in the property's units; the task row averages the properties' RMSEPs). Reference rows (marked *, in "
+    "grey) are not ranked."
+)
+
 
 def _e(text: Any) -> str:
     return html.escape(str(text))
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return v is not None and bool(np.isfinite(float(v)))
+    except (TypeError, ValueError):
+        return False
+
+
+def _num(v: Any, digits: int = 4) -> str:
+    return f"{float(v):.{digits}g}" if _finite(v) else "-"
+
+
+def _rel(v: float) -> str:
+    return f"{v:.2f}" if abs(v) < 100 else f"{v:.0f}"
+
+
+def fmt_interval(mean: Any, lo: Any, hi: Any) -> str:
+    """``1.23 [1.10, 1.38]``; the value alone without an interval; ``-`` without a value."""
+    if not _finite(mean):
+        return "-"
+    if not (_finite(lo) and _finite(hi)):
+        return _rel(float(mean))
+    return f"{_rel(float(mean))} [{_rel(float(lo))}, {_rel(float(hi))}]"
+
+
+def fmt_mean_sd(mean: Any, sd: Any) -> str:
+    if not _finite(mean):
+        return "-"
+    mean = float(mean)
+    sd = float(sd) if _finite(sd) else 0.0
+    if abs(sd) <= 1e-9 * max(abs(mean), 1e-12):
+        sd = 0.0
+    return f"{mean:.4g} ± {sd:.2g}"
+
+
+def fmt_gap(v: Any) -> str:
+    return "-" if not _finite(v) else f"{round(float(v), 3) + 0.0:.3f}"  # no "-0.000"
+
+
+def group_labels(rows: list[dict]) -> list[str]:
+    """Tie-group label per row: "1" alone, "1=" when the group has several methods in its
+    (task, N, property) cell, "ref" for reference rows, "-" without a group (failed, no interval)."""
+    sizes: dict[tuple, int] = {}
+    for r in rows:
+        if r.get("group") is not None and not r.get("reference"):
+            k = (r["task"], r["n_shots"], r.get("property", "mean"), r["group"])
+            sizes[k] = sizes.get(k, 0) + 1
+    out = []
+    for r in rows:
+        if r.get("reference"):
+            out.append("ref")
+        elif r.get("group") is None:
+            out.append("-")
+        else:
+            k = (r["task"], r["n_shots"], r.get("property", "mean"), r["group"])
+            out.append(f"{r['group']}" + ("=" if sizes[k] > 1 else ""))
+    return out
+
+
+def _extra_metric(metric: str) -> bool:
+    """Whether the tables need a column of their own for the report's metric."""
+    return metric not in ("rel_rmsep", "rmsep", "r2", "gap_closed")
+
+
+def table_columns(metric: str, with_property: bool) -> list[str]:
+    head = ["N"] + (["property"] if with_property else []) + ["group", "method", "rel. RMSEP [95 % CI]"]
+    if _extra_metric(metric):
+        head.append(f"{METRIC_NAMES.get(metric, metric)} mean ± sd")
+    head += ["RMSEP mean ± sd", "R²"] + (["gap closed"] if with_property else []) + ["reps"]
+    return head
+
+
+def table_cells(r: dict, group: str, metric: str, with_property: bool) -> list[str]:
+    """The text cells of one leaderboard row (same order as :func:`table_columns`)."""
+    cells = [str(r["n_shots"])] + ([str(r.get("property", "mean"))] if with_property else [])
+    cells += [group, r["method"] + (" *" if r.get("reference") else ""),
+              fmt_interval(r.get("rel_mean"), r.get("rel_lo"), r.get("rel_hi"))]
+    if _extra_metric(metric):
+        cells.append(fmt_mean_sd(r.get("mean"), r.get("sd")))
+    cells += [fmt_mean_sd(r.get("rmsep_mean"), r.get("rmsep_sd")), _num(r.get("r2_mean"), 3)]
+    if with_property:
+        cells.append(fmt_gap(r.get("gap_closed")))
+    cells.append(f"{r.get('reps', 0)}" + (f" ({r['failed']} failed)" if r.get("failed") else ""))
+    return cells
 
 
 def _figure_html(fig: SavedFigure, alt: str) -> str:
@@ -43,72 +137,83 @@ def _notes_html(notes: list[str], cls: str = "note") -> str:
 
 
 def _leaderboard_html(rows: list[dict], metric: str, with_property: bool = False) -> str:
-    name = METRIC_NAMES.get(metric, metric)
-    head = ["N"] + (["property"] if with_property else []) + ["rank", "method", f"{name} mean ± sd", "R²",
-                                                             "gap closed", "reps"]
+    head = table_columns(metric, with_property)
+    numeric = {"N", "rel. RMSEP [95 % CI]", "RMSEP mean ± sd", "R²", "gap closed", "reps"} | {
+        h for h in head if h.endswith("mean ± sd")}
     out = ["<table><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>"]
-    best: dict[tuple, int] = {}  # (N, property) -> rank of the best non-reference row
-    for r in rows:
-        if not r["reference"] and r.get("rank"):
-            key = (r["n_shots"], r["property"])
-            best[key] = min(best.get(key, r["rank"]), r["rank"])
     prev = None
-    for r in rows:
-        cell = (r["n_shots"], r["property"])
+    for r, g in zip(rows, group_labels(rows)):
+        cell = (r["n_shots"], r.get("property", "mean"))
         classes: list[str] = []
-        if r["reference"]:
+        if r.get("reference"):
             classes.append("ref")
-        elif r.get("rank") and r["rank"] == best.get(cell):
+        elif r.get("group") == 1:
             classes.append("best")
         if prev is not None and cell != prev:
             classes.append("nsep")
         prev = cell
-        reps = f"{r['reps']}" + (f" ({r['failed']} failed)" if r["failed"] else "")
-        cells = [f'<td class="num">{r["n_shots"]}</td>']
-        if with_property:
-            cells.append(f"<td>{_e(r['property'])}</td>")
-        cells += [
-            f'<td class="num">{r.get("rank") or "-"}</td>',
-            f"<td>{_e(r['method'])}{' *' if r['reference'] else ''}</td>",
-            f'<td class="num">{_e(_mean_sd(r["mean"], r["sd"]))}</td>',
-            f'<td class="num">{_e(_fmt(r["r2_mean"], 3))}</td>',
-            f'<td class="num">{_e(_gap(r["gap_closed"]))}</td>',
-            f'<td class="num">{_e(reps)}</td>',
-        ]
-        out.append(f'<tr class="{" ".join(classes)}">' + "".join(cells) + "</tr>")
+        tds = [f'<td class="num">{_e(c)}</td>' if h in numeric else f"<td>{_e(c)}</td>"
+               for h, c in zip(head, table_cells(r, g, metric, with_property))]
+        out.append(f'<tr class="{" ".join(classes)}">' + "".join(tds) + "</tr>")
     out.append("</tbody></table>")
     return "".join(out)
 
 
-def _friedman_text(report: Any) -> list[str]:
-    """Plain sentences about the significance test (shared by HTML and Markdown)."""
-    res = report.friedman
+def _leaderboard_md(rows: list[dict], metric: str, with_property: bool = False) -> str:
+    head = table_columns(metric, with_property)
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r, g in zip(rows, group_labels(rows)):
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in table_cells(r, g, metric, with_property)) + " |")
+    return "\n".join(lines)
+
+
+# -- significance -------------------------------------------------------------------------------
+
+def _blocks_word(kind: str) -> str:
+    return "tasks" if kind == "tasks" else "datasets"
+
+
+def significance_title(report: Any) -> str:
+    return f"Significance across {_blocks_word(report.blocks)} at each N (Friedman, Nemenyi)"
+
+
+def _friedman_text(res: Any) -> list[str]:
+    """Plain sentences about one fixed-N analysis (shared by HTML and Markdown)."""
     name = METRIC_NAMES.get(res.metric, res.metric)
+    word = res.block_word
+    lines: list[str] = []
     if not res.ran:
-        lines = [f"Friedman test not run: {res.reason}."]
-        if res.excluded:
-            lines.append(f"Methods missing from some block (left out): {', '.join(res.excluded)}.")
-        return lines
-    k, b = len(res.methods), len(res.blocks)
-    verdict = (f"significant at α = {res.alpha}: the methods' ranks differ" if res.significant
-               else f"not significant at α = {res.alpha}: no evidence that the methods' ranks differ, so the "
-                    f"post-hoc groups below are shown for information only")
-    lines = [
-        f"Friedman test on {name} (mean over properties and repetitions) over B = {b} (task, N) blocks and "
-        f"k = {k} methods present in every block: χ²({k - 1}) = {res.statistic:.3f}, p = {_p(res.p_value)}; {verdict}.",
-        f"Nemenyi post-hoc: q_α = {res.q_alpha:.3f} (studentized range, α = {res.alpha}, k = {k}, df = ∞, divided "
-        f"by √2), critical difference CD = q_α·√(k(k+1)/(6B)) = {res.cd:.3f}. Two methods whose average ranks "
-        f"differ by at least CD are significantly different.",
-    ]
-    if b < 10 or k < 5:
-        lines.append(f"With {b} blocks and {k} methods the χ² approximation of the Friedman statistic is rough "
-                     f"(Demšar 2006 suggests B > 10 and k > 5); read the p-value with care.")
-    tasks = {t for t, _ in res.blocks}
-    if len(res.blocks) > len(tasks):
-        lines.append("Blocks of the same task at different N share the test set (and nested standards), so they are "
-                     "not independent; the test treats them as if they were.")
+        lines.append(f"Friedman test not run at N = {res.n_shots}: {res.reason}.")
+    else:
+        k, b = len(res.methods), len(res.blocks)
+        verdict = (f"significant at α = {res.alpha}: the methods' ranks differ" if res.significant
+                   else f"not significant at α = {res.alpha}: no evidence that the methods' ranks differ, so the "
+                        f"post-hoc groups below are shown for information only")
+        lines += [
+            f"Friedman test on {name} at N = {res.n_shots} over B = {b} {word} blocks and k = {k} non-reference "
+            f"methods with a value in every block: χ²({k - 1}) = {res.statistic:.3f}, p = {_p(res.p_value)}; "
+            f"{verdict}.",
+            f"Nemenyi post-hoc: q_α = {res.q_alpha:.3f} (studentized range, α = {res.alpha}, k = {k}, df = ∞, divided "
+            f"by √2), critical difference CD = q_α·√(k(k+1)/(6B)) = {res.cd:.3f}. Two methods whose average ranks "
+            f"differ by at least CD are significantly different.",
+        ]
+        if b < 10 or k < 5:
+            lines.append(f"With {b} blocks and {k} methods the χ² approximation of the Friedman statistic is rough "
+                         f"(Demšar 2006 suggests B > 10 and k > 5); read the p-value with care.")
+    if res.block_kind == "datasets":
+        agg = ("the geometric mean of its relative RMSEP" if res.metric == "rel_rmsep"
+               else f"the mean of its {'|bias|' if res.metric == 'bias' else name}")
+        lines.append(f"A method's value in a dataset block is {agg} over the dataset's tasks at N = {res.n_shots}; "
+                     f"every method of a block is averaged over the same tasks.")
+    if res.dependence and (res.ran or res.blocks):
+        lines.append(res.dependence)
     if res.excluded:
-        lines.append(f"Left out because they lack a value in some block: {', '.join(res.excluded)}.")
+        lines.append("Not ranked (no value in some block): " + "; ".join(str(e) for e in res.excluded) + ".")
+    if res.dropped_blocks:
+        lines.append("Blocks left out: " + "; ".join(str(d) for d in res.dropped_blocks) + ".")
+    if res.references:
+        lines.append(f"Reference methods, never ranked: {', '.join(res.references)}.")
+    lines += list(res.notes)
     return lines
 
 
@@ -118,14 +223,73 @@ def _p(p: float) -> str:
     return f"{p:.2e}" if p < 1e-3 else f"{p:.4f}"
 
 
-def _ranks_rows(res: Any) -> list[tuple[str, str, str]]:
-    best = res.avg_ranks[res.methods[0]]
-    return [(m, f"{res.avg_ranks[m]:.2f}",
-             "yes" if res.avg_ranks[m] - best >= res.cd and m != res.methods[0] else "no") for m in res.methods]
+RANK_HEAD = ["method", "average rank", "worse than the best by Nemenyi (≥ CD)",
+             "Wilcoxon vs best: blocks won", "Wilcoxon p (Holm)"]
+
+
+def _ranks_rows(res: Any) -> list[list[str]]:
+    best = res.methods[0]
+    pw = {p.method: p for p in res.pairwise}
+    out = []
+    for m in res.methods:
+        a = res.avg_ranks[m]
+        worse = "yes" if m != best and a - res.avg_ranks[best] >= res.cd else "no"
+        if m == best:
+            won, p = "(best)", "-"
+        else:
+            t = pw.get(m)
+            won = f"{t.wins} of {len(res.blocks)}" if t else "-"
+            p = (f"{_p(t.p_holm)}" + (" *" if t.significant else "")) if t else "-"
+        out.append([m, f"{a:.2f}", "-" if m == best else worse, won, p])
+    return out
+
+
+WILCOXON_NOTE = ("Wilcoxon signed-rank test of each method against the best (lowest average rank) over the blocks"
+                 " (on log values for relative RMSEP), Holm-adjusted over the comparisons; * = significant at α.")
+
+
+def _blocks_detail(res: Any) -> str:
+    if res.block_kind == "tasks":
+        return ", ".join(res.blocks)
+    return "; ".join(f"{b}: {', '.join(res.members.get(b, []))}" for b in res.blocks)
 
 
 def _spectra_notes(report: Any) -> list[str]:
     return [n for s in report.spectra for n in s.notes]
+
+
+def _significance_html(r: Any) -> list[str]:
+    parts = [f"<h2 id='significance'>{_e(significance_title(r))}</h2>"]
+    parts.append(f"<p>One analysis per number of transfer standards N (methods are never ranked across different "
+                 f"N), over {_e(_blocks_word(r.blocks))} as blocks; reference methods are not ranked. A method "
+                 f"without a value in some block is left out (listed); if fewer than 3 methods would remain, the "
+                 f"blocks missing the most methods are left out instead (listed).</p>")
+    if r.significance_note:
+        parts.append(_notes_html([r.significance_note], "skip"))
+    for res in r.significance:
+        parts.append(f"<h3 id='significance-N{res.n_shots}'>N = {res.n_shots}</h3>")
+        lines = _friedman_text(res)
+        if not res.ran:
+            parts.append(_notes_html(lines, "skip"))
+            continue
+        parts.append("".join(f"<p>{_e(line)}</p>" for line in lines))
+        parts.append("<table><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in RANK_HEAD) + "</tr></thead><tbody>")
+        for row in _ranks_rows(res):
+            parts.append("<tr>" + "".join(f"<td>{_e(c)}</td>" if j == 0 else f"<td class='num'>{_e(c)}</td>"
+                                          for j, c in enumerate(row)) + "</tr>")
+        parts.append(f"</tbody></table><p class='meta'>{_e(WILCOXON_NOTE)}</p>")
+        cliques = res.cliques()
+        if cliques:
+            parts.append("<p>Groups not significantly different (Nemenyi): "
+                         + "; ".join("{" + ", ".join(_e(m) for m in c) + "}" for c in cliques) + ".</p>")
+        else:
+            parts.append("<p>Every pair of methods is significantly different (Nemenyi).</p>")
+        fig = r.cd_figures.get(res.n_shots)
+        if fig is not None:
+            parts.append(_figure_html(fig, f"critical difference diagram, N = {res.n_shots}"))
+        parts.append(f"<details><summary>blocks ({len(res.blocks)})</summary><p>{_e(_blocks_detail(res))}</p>"
+                     "</details>")
+    return parts
 
 
 def render_html(report: Any) -> str:
@@ -140,16 +304,16 @@ def render_html(report: Any) -> str:
         f"{r.n_records} records ({r.n_ok} ok, {r.n_failed} failed) · {len(r.tasks)} task(s) · "
         f"{len(r.methods)} method configuration(s): {_e(', '.join(r.methods))}</p>",
         "<nav><a href='#leaderboards'>Leaderboards</a><a href='#efficiency'>Sample efficiency</a>"
-        "<a href='#gap'>Gap closed</a><a href='#significance'>Significance</a><a href='#spectra'>Spectra</a>"
-        "<a href='#failures'>Failures</a></nav>",
+        "<a href='#significance'>Significance</a><a href='#gap'>Gap closed (per property)</a>"
+        "<a href='#spectra'>Spectra</a><a href='#failures'>Failures</a></nav>",
     ]
     if r.notes:
         parts.append("<h2 id='notes'>Notes</h2>" + _notes_html(r.notes))
     parts.append("<h2 id='leaderboards'>Leaderboards</h2>")
-    parts.append(f"<p>Per task and N: {_e(name)} averaged over properties per record, then mean ± sd over repetitions; "
-                 "rank within (task, N). <code>*</code> marks reference rows (in grey); the best non-reference method of each N is in bold. Gap closed = "
-                 "(RMSEP<sub>no_transfer</sub> − RMSEP) / (RMSEP<sub>no_transfer</sub> − "
-                 "RMSEP<sub>full_recalibration</sub>).</p>")
+    parts.append(f"<p>Per task and N. {_e(LEGEND)} Tie group 1 is in bold.</p>")
+    if r.metric not in ("rel_rmsep", "rmsep", "r2", "gap_closed"):
+        parts.append(f"<p>The {_e(name)} column is the mean ± sd over repetitions (the task row: mean over "
+                     f"properties).</p>")
     for t in r.tasks:
         s = t.summary
         parts.append(f"<h3 id='lb-{_e(t.name)}'>{_e(t.name)}</h3>")
@@ -162,7 +326,7 @@ def render_html(report: Any) -> str:
         if t.rows:
             parts.append(_leaderboard_html(t.rows, r.metric))
         if t.property_rows:
-            parts.append("<details><summary>per property</summary>"
+            parts.append("<details><summary>per property (with gap closed)</summary>"
                          + _leaderboard_html(t.property_rows, r.metric, with_property=True) + "</details>")
     parts.append("<h2 id='efficiency'>Sample efficiency</h2>")
     any_curve = False
@@ -172,32 +336,14 @@ def render_html(report: Any) -> str:
             parts.append(f"<h3>{_e(t.name)}</h3>" + _figure_html(t.curves, f"{t.name} sample-efficiency curves"))
     if not any_curve:
         parts.append(_notes_html(["no successful record to draw curves from."], "skip"))
-    parts.append("<h2 id='gap'>Gap closed</h2>")
+    parts += _significance_html(r)
+    parts.append("<h2 id='gap'>Gap closed per property (secondary)</h2>")
+    parts.append("<p>A per-property view; the headline is the relative RMSEP above. Gap closed is unstable where "
+                 "no_transfer and full_recalibration are close, so it is never averaged over properties.</p>")
     if r.heatmap is not None:
-        parts.append(_figure_html(r.heatmap, "gap closed heatmap"))
+        parts.append(_figure_html(r.heatmap, "gap closed per property heatmap"))
     if r.heatmap_note:
         parts.append(_notes_html([r.heatmap_note], "skip" if r.heatmap is None else "note"))
-    parts.append("<h2 id='significance'>Significance across tasks (Friedman, Nemenyi)</h2>")
-    res = r.friedman
-    lines = _friedman_text(r)
-    if res.ran:
-        parts.append("".join(f"<p>{_e(line)}</p>" for line in lines))
-        parts.append("<table><thead><tr><th>method</th><th>average rank</th>"
-                     "<th>significantly worse than the best</th></tr></thead><tbody>")
-        parts += [f"<tr><td>{_e(m)}</td><td class='num'>{a}</td><td>{s}</td></tr>" for m, a, s in _ranks_rows(res)]
-        parts.append("</tbody></table>")
-        cliques = res.cliques()
-        if cliques:
-            parts.append("<p>Groups not significantly different (Nemenyi): "
-                         + "; ".join("{" + ", ".join(_e(m) for m in c) + "}" for c in cliques) + ".</p>")
-        else:
-            parts.append("<p>Every pair of methods is significantly different (Nemenyi).</p>")
-        if r.cd_figure is not None:
-            parts.append(_figure_html(r.cd_figure, "critical difference diagram"))
-        parts.append("<details><summary>blocks</summary><p>" + _e(", ".join(f"{t} N={n}" for t, n in res.blocks))
-                     + "</p></details>")
-    else:
-        parts.append(_notes_html(lines, "skip"))
     parts.append("<h2 id='spectra'>A transfer standard before and after correction</h2>")
     shown = [s for s in r.spectra if s.figure is not None]
     for s in shown:
@@ -234,32 +380,38 @@ def render_markdown(report: Any) -> str:
     ]
     if r.notes:
         out += ["## Notes", ""] + [f"- {n}" for n in r.notes] + [""]
-    out += ["## Leaderboards", ""]
+    out += ["## Leaderboards", "", LEGEND, ""]
     for t in r.tasks:
         out += [f"### {t.name}", ""]
         out += [f"> {n}" for n in t.notes] + ([""] if t.notes else [])
         if t.rows:
-            out += [format_rows(t.rows, "md"), ""]
+            out += [_leaderboard_md(t.rows, r.metric), ""]
         if t.curves is not None:
             out += [f"![{t.name} sample efficiency]({t.curves.relpath})", "", f"*{t.curves.caption}*", ""]
-    out += ["## Gap closed", ""]
-    if r.heatmap is not None:
-        out += [f"![gap closed heatmap]({r.heatmap.relpath})", "", f"*{r.heatmap.caption}*", ""]
-    if r.heatmap_note:
-        out += [f"> {r.heatmap_note}", ""]
-    out += ["## Significance across tasks (Friedman, Nemenyi)", ""]
-    out += [line + "\n" for line in _friedman_text(r)]
-    res = r.friedman
-    if res.ran:
-        out += ["| method | average rank | significantly worse than the best |", "|---|---|---|"]
-        out += [f"| {m} | {a} | {s} |" for m, a, s in _ranks_rows(res)]
-        out.append("")
+    out += [f"## {significance_title(r)}", ""]
+    if r.significance_note:
+        out += [f"> {r.significance_note}", ""]
+    for res in r.significance:
+        out += [f"### N = {res.n_shots}", ""]
+        out += [line + "\n" for line in _friedman_text(res)]
+        if not res.ran:
+            continue
+        out += ["| " + " | ".join(RANK_HEAD) + " |", "|" + "|".join("---" for _ in RANK_HEAD) + "|"]
+        out += ["| " + " | ".join(row) + " |" for row in _ranks_rows(res)]
+        out += ["", WILCOXON_NOTE, ""]
         cliques = res.cliques()
         if cliques:
             out += ["Groups not significantly different (Nemenyi): "
                     + "; ".join("{" + ", ".join(c) + "}" for c in cliques) + ".", ""]
-        if r.cd_figure is not None:
-            out += [f"![critical difference diagram]({r.cd_figure.relpath})", ""]
+        fig = r.cd_figures.get(res.n_shots)
+        if fig is not None:
+            out += [f"![critical difference diagram, N = {res.n_shots}]({fig.relpath})", "", f"*{fig.caption}*", ""]
+        out += [f"Blocks ({len(res.blocks)}): {_blocks_detail(res)}.", ""]
+    out += ["## Gap closed per property (secondary)", ""]
+    if r.heatmap is not None:
+        out += [f"![gap closed per property heatmap]({r.heatmap.relpath})", "", f"*{r.heatmap.caption}*", ""]
+    if r.heatmap_note:
+        out += [f"> {r.heatmap_note}", ""]
     out += ["## A transfer standard before and after correction", ""]
     for s in r.spectra:
         if s.figure is not None:

@@ -116,8 +116,9 @@ def _refit_and_correct(task: Any, rec: dict[str, Any], x_target: np.ndarray) -> 
     if "random_state" in cls._param_names() and rec.get("random_state") is not None:
         params["random_state"] = rec["random_state"]
     method = cls(**params)
-    method = method.fit(source_for(task, cls))
     split = make_split(task, int(ident["n_shots"]), int(ident["rep"]), int(ident["seed"]))
+    task = task.outer(split.outer)  # the record's outer split: its pool calibrates, its test set is unlabelled
+    method = method.fit(source_for(task, cls))
     unlabelled = _readonly(task.X_target[task.test_rows]) if cls.tags.transductive else None
     method = method.transfer(standards_for(task, split.standard_rows), unlabelled)
     out = np.asarray(method.transform_target(_readonly(x_target)), dtype=float)

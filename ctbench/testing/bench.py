@@ -139,7 +139,8 @@ class Bench:
     def split(self, n: int, rep: int = 0) -> Any:
         from ctbench.splits import make_split
 
-        return make_split(self.task, n, rep, KIT_SEED)
+        # repetitions of the kit stay on outer split 0 (the task the kit fits on): rep r is draw r there
+        return make_split(self.task, n, rep * self.task.n_outer, KIT_SEED)
 
     def source(self, writable: bool = False) -> SourceData:
         from ctbench.runner import source_for

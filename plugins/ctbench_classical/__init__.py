@@ -14,12 +14,13 @@ from ctbench import hookimpl
 from .cca import CCA
 from .dipls import DIPLS, GCTPLS, MDIPLS, DIPLSTransductive
 from .ds import DS
+from .model_update import ModelUpdate
 from .pds import PDS
 from .sbc import SBC
 
-__all__ = ["SBC", "DS", "PDS", "CCA", "DIPLS", "DIPLSTransductive", "MDIPLS", "GCTPLS"]
+__all__ = ["SBC", "ModelUpdate", "DS", "PDS", "CCA", "DIPLS", "DIPLSTransductive", "MDIPLS", "GCTPLS"]
 
 
 @hookimpl
 def ctbench_register_methods() -> list[type]:
-    return [SBC, DS, PDS, CCA, DIPLS, DIPLSTransductive, MDIPLS, GCTPLS]
+    return [SBC, ModelUpdate, DS, PDS, CCA, DIPLS, DIPLSTransductive, MDIPLS, GCTPLS]

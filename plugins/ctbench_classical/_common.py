@@ -7,7 +7,10 @@ from typing import Any
 import numpy as np
 
 from ctbench.method import SourceData, Standards, Tags, TransferMethod
-from ctbench.pls import PLSCalibration
+from ctbench.pls import DEFAULT_MAX_COMPONENTS, PLSCalibration
+
+MAX_COMPONENTS = DEFAULT_MAX_COMPONENTS
+"""Default ``max_components`` of the classical methods' source models (ctbench.pls's default)."""
 
 
 def as_spectra(X: np.ndarray, what: str, n_channels: int | None = None) -> np.ndarray:
@@ -64,9 +67,43 @@ def standards_arrays(
     return Xs, Xt, y
 
 
-def fit_source_pls(X: np.ndarray, y: np.ndarray, max_components: int, random_state: int) -> PLSCalibration:
-    """The source model: one PLS1 per property, latent variables chosen by 10-fold CV (Haaland-Thomas)."""
-    return PLSCalibration(max_components=max_components, cv=10, random_state=random_state).fit(X, y)
+def fit_source_pls(
+    X: np.ndarray, y: np.ndarray, max_components: int, random_state: int, groups: np.ndarray | None = None
+) -> PLSCalibration:
+    """The source model: one PLS1 per property, latent variables chosen by 10-fold CV (Haaland-Thomas).
+
+    ``groups`` (the source calibration's sample ids) makes the folds hold out whole samples.
+    """
+    return PLSCalibration(max_components=max_components, cv=10, random_state=random_state).fit(X, y, groups=groups)
+
+
+def plain(value: Any) -> Any:
+    """``value`` with numpy arrays and scalars turned into plain JSON types (lists, int, float, bool)."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return plain(value.tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)
+
+
+def source_model_params(model: PLSCalibration) -> dict[str, Any]:
+    """What the source PLS model chose: latent variables per property (property order), whether
+    the cap bound them, and the largest count its CV tried."""
+    return {
+        "source_components": plain(model.n_components_),
+        "source_cap_binds": plain(getattr(model, "cap_binds_", np.zeros(len(model.n_components_), dtype=bool))),
+        "source_max_components_tried": plain(getattr(model, "max_components_tried_", 0)),
+    }
 
 
 _BLAS = None
@@ -110,7 +147,7 @@ class SpectralStandardization(TransferMethod):
     def fit(self, source: SourceData) -> SpectralStandardization:
         self._check_params()
         X, y = source_arrays(source)
-        self.source_model_ = fit_source_pls(X, y, self.max_components, self.random_state)
+        self.source_model_ = fit_source_pls(X, y, self.max_components, self.random_state, source.groups)
         self.n_channels_ = X.shape[1]
         self.n_properties_ = y.shape[1]
         sd = y.std(axis=0)
@@ -140,6 +177,17 @@ class SpectralStandardization(TransferMethod):
 
     def predict(self, X_target: np.ndarray) -> np.ndarray:
         return self.source_model_.predict(self.transform_target(X_target))
+
+    def chosen_params(self) -> dict[str, Any]:
+        """The source model's latent variables (per property) and, after transfer, the map's
+        setting (``selected``: rank / alpha / canonical pairs) and whether leave-one-out chose it."""
+        out: dict[str, Any] = {}
+        if hasattr(self, "source_model_"):
+            out.update(source_model_params(self.source_model_))
+        if hasattr(self, "selected_"):
+            out["selected"] = plain(self.selected_)
+            out["selected_by_loo"] = getattr(self, "loo_scores_", None) is not None
+        return out
 
     def _loo_scores(
         self, Xs: np.ndarray, Xt: np.ndarray, candidates: list[dict[str, Any]], folds: list[np.ndarray] | None = None

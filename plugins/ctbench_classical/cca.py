@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import SpectralStandardization, require_fitted, row_coordinates, stacked_folds
+from ._common import MAX_COMPONENTS, SpectralStandardization, require_fitted, row_coordinates, stacked_folds
 
 PC_GRID = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25)
 """PCA dimensions tried when n_components is None (those up to N - 2)."""
@@ -50,7 +50,8 @@ class CCA(SpectralStandardization):
       n_canonical [None]: canonical pairs kept q, capped at r. None: chosen with r by the same
         leave-one-out among q = r/4, r/2, 3r/4, r.
       shrink [True]: weight the canonical variates by their correlations (see above).
-      max_components [15]: largest latent-variable count tried by the source model's CV.
+      max_components [30]: largest latent-variable count tried by the source model's CV
+        (which holds out whole samples: replicate rows share a fold).
       random_state [0]: seeds the CV folds of the source model.
     Why the defaults: r and q decide everything and their good values scale with N, so they
     are chosen on the standards (never on test spectra); the choice is in ``selected_``.
@@ -59,6 +60,8 @@ class CCA(SpectralStandardization):
     replicate rows; ``sample_folds``), and runs in closed form (in the standards' own row
     spaces, all folds batched). Without replicates (corn, tablet, most Raman pairs) the
     choice is that of version 1 to round-off.
+    Version 3: the source model's CV holds out whole samples (replicates together) and tries
+    up to 30 latent variables (15 bound the choice on corn m5).
     Known limitations: like DS, the map goes through the standards' (PCA) subspace, so with
     5 standards it can be worse than no transfer (same cases as DS). Keeping q < r pairs is
     ill-posed when canonical correlations tie (all of them are 1 when 2r > N - 1, and nearly
@@ -67,7 +70,7 @@ class CCA(SpectralStandardization):
     """
 
     name = "cca"
-    version = "2"
+    version = "3"
     description = "canonical correlation standardization on PCA-reduced paired standards"
 
     def __init__(
@@ -75,7 +78,7 @@ class CCA(SpectralStandardization):
         n_components: int | None = None,
         n_canonical: int | None = None,
         shrink: bool = True,
-        max_components: int = 15,
+        max_components: int = MAX_COMPONENTS,
         random_state: int = 0,
     ):
         self.n_components = n_components

@@ -63,7 +63,19 @@ import numpy as np
 
 from ctbench.method import SourceData, Standards, Tags, TransferMethod
 
-from ._common import as_spectra, fit_source_pls, one_blas_thread, require_fitted, source_arrays, standards_arrays
+from ctbench.pls import _cv_folds, n_samples
+
+from ._common import (
+    MAX_COMPONENTS,
+    as_spectra,
+    fit_source_pls,
+    one_blas_thread,
+    plain,
+    require_fitted,
+    source_arrays,
+    source_model_params,
+    standards_arrays,
+)
 from ._dipls_core import Domains, extend_basis, fit_batch, relaxed_discrepancy_norm, row_space_basis
 
 L_GRID = (0.0, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
@@ -158,7 +170,7 @@ class _DomainInvariantPLS(TransferMethod):
         l: float | None = None,
         source_domain: str = "standards",
         l_selection: str = "calibration",
-        max_components: int = 15,
+        max_components: int = MAX_COMPONENTS,
         random_state: int = 0,
     ):
         self.n_components = n_components
@@ -188,10 +200,18 @@ class _DomainInvariantPLS(TransferMethod):
         U, sv, Vt = np.linalg.svd(self._X_c, full_matrices=False)
         keep = sv > 1e-10 * max(float(sv[0]), 1e-300)
         self._Qx, self._Xq, self._sx = Vt[keep].T, U[:, keep] * sv[keep], float(sv[0])
+        self._groups = None if source.groups is None else np.array(source.groups)
+        if self._groups is not None and self._groups.shape[0] != X.shape[0]:
+            raise ValueError(
+                f"{self.name}: the source calibration has {X.shape[0]} rows but {self._groups.shape[0]} sample ids"
+            )
         if self.n_components is None:
-            self.n_components_ = fit_source_pls(X, y, self.max_components, self.random_state).n_components_.copy()
+            model = fit_source_pls(X, y, self.max_components, self.random_state, self._groups)
+            self.n_components_ = model.n_components_.copy()
+            self.source_params_ = source_model_params(model)
         else:
             self.n_components_ = np.full(y.shape[1], int(self.n_components))
+            self.source_params_ = {}
         self.n_channels_ = X.shape[1]
         self.n_properties_ = y.shape[1]
         return self
@@ -241,10 +261,12 @@ class _DomainInvariantPLS(TransferMethod):
         self.coef_ = np.zeros((self.n_channels_, k))
         self.l_ = np.zeros(k)
         self.l_abs_ = np.zeros(k)
+        self.components_used_ = np.zeros(k, dtype=int)
         d = dom.norm()
         for j in range(k):
             y_c = self._y_c[:, j]
             a = max(1, min(self._n_components(j, domains), Xq.shape[0] - 1, Q.shape[1]))
+            self.components_used_[j] = a
             scale = float(y_c @ y_c) / d if d > 0 else 0.0
             if self.l is not None:
                 rel, b = float(self.l), None
@@ -260,6 +282,21 @@ class _DomainInvariantPLS(TransferMethod):
 
     def _n_components(self, j: int, domains: Any) -> int:
         return int(self.n_components_[j])
+
+    def chosen_params(self) -> dict[str, Any]:
+        """Latent variables per property (property order): the source CV's choice (with its cap
+        diagnostics) when ``n_components`` is None, and after transfer the count actually used
+        and the relative and absolute regularization ``l`` chosen per property."""
+        out: dict[str, Any] = {}
+        if hasattr(self, "n_components_"):
+            out["components"] = plain(self.n_components_)
+            out.update(getattr(self, "source_params_", {}))
+        if hasattr(self, "coef_"):
+            out["components_used"] = plain(self.components_used_)
+            out["l"] = plain(self.l_)
+            out["l_abs"] = plain(self.l_abs_)
+            out["l_chosen"] = self.l is None
+        return out
 
     def _select_l_on_calibration(
         self, X_c: np.ndarray, domains: Any, y_c: np.ndarray, n_components: int, scale: float
@@ -314,9 +351,11 @@ class _DomainInvariantPLS(TransferMethod):
         if scale <= 0:
             return 0.0
         n = X_c.shape[0]
-        rng = np.random.default_rng(self.random_state)
-        order = rng.permutation(n)
-        folds = [order[i::L_CV_FOLDS] for i in range(min(L_CV_FOLDS, n))]
+        groups = getattr(self, "_groups", None)
+        if groups is not None and n_samples(groups, n) < 2:
+            groups = None
+        # whole samples held out (replicates together); without groups the row folds of version 1
+        folds = _cv_folds(n, min(L_CV_FOLDS, n_samples(groups, n)), self.random_state, groups)
         by_count: dict[int, list[tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray]]] = {}
         for test in folds:
             train = np.setdiff1d(np.arange(n), test)
@@ -395,8 +434,11 @@ _PARAMS_DOC = """
       l_selection [{ls!r}]: the source error of the l=None rule: "calibration" (the fit error
         on the source calibration: one fit per l tried, and the accepted fit is the model) or
         "cv" (5-fold cross-validation on the source calibration: five fits per l).
-      max_components [15]: largest latent-variable count tried by the source CV.
+      max_components [30]: largest latent-variable count tried by the source CV.
       random_state [0]: seeds the CV folds.
+    The source CV (for n_components=None) and the 5-fold CV of ``l_selection="cv"`` hold out
+    whole samples of the source calibration (replicate rows together); the source CV tries up
+    to 30 latent variables (15 bound the choice on corn m5). This bumped every version.
 """
 
 
@@ -422,7 +464,7 @@ class DIPLS(_DomainInvariantPLS):
     """
 
     name = "dipls"
-    version = "2"
+    version = "3"
     _sample_domains = True
     description = "domain-invariant PLS (diPLSlib) with the standards' target spectra as target domain"
 
@@ -438,7 +480,7 @@ class DIPLSTransductive(_DomainInvariantPLS):
     """
 
     name = "dipls_t"
-    version = "1"
+    version = "2"
     tags = Tags(min_shots=0, zero_shot=True, transductive=True, multi_target=True)
     description = "transductive di-PLS: unlabelled test spectra as target domain (zero-shot capable)"
 
@@ -448,7 +490,7 @@ class DIPLSTransductive(_DomainInvariantPLS):
         l: float | None = None,
         source_domain: str = "calibration",
         l_selection: str = "cv",
-        max_components: int = 15,
+        max_components: int = MAX_COMPONENTS,
         random_state: int = 0,
     ):
         super().__init__(n_components, l, source_domain, l_selection, max_components, random_state)
@@ -494,7 +536,7 @@ class MDIPLS(_DomainInvariantPLS):
     """
 
     name = "mdipls"
-    version = "2"
+    version = "3"
     description = "multi-domain di-PLS (diPLSlib), one domain per target instrument"
 
     tags = Tags(min_shots=2, zero_shot=False, transductive=False, multi_target=True)
@@ -523,7 +565,7 @@ class GCTPLS(_DomainInvariantPLS):
     """
 
     name = "gctpls"
-    version = "1"
+    version = "2"
     description = "graph-based calibration transfer PLS (diPLSlib) with the paired standards"
     _tunes_source_domain = False
 
@@ -533,7 +575,7 @@ class GCTPLS(_DomainInvariantPLS):
         l: float | None = None,
         source_domain: str = "standards",
         l_selection: str = "cv",
-        max_components: int = 15,
+        max_components: int = MAX_COMPONENTS,
         random_state: int = 0,
     ):
         super().__init__(n_components, l, source_domain, l_selection, max_components, random_state)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import SpectralStandardization, require_fitted, row_coordinates, stacked_folds, svd_filter
+from ._common import MAX_COMPONENTS, SpectralStandardization, require_fitted, row_coordinates, stacked_folds, svd_filter
 
 ALPHA_GRID = (1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 """Ridge strengths tried when alpha is None, most regularized first."""
@@ -32,7 +32,8 @@ class DS(SpectralStandardization):
         ``SpectralStandardization._loo_scores``); with fewer than 4 standards, rank 1.
       alpha [None]: ridge strength relative to the largest squared singular value; None:
         chosen by the same leave-one-out among 1, 0.1, ..., 1e-6 (1 below 4 standards).
-      max_components [15]: largest latent-variable count tried by the source model's CV.
+      max_components [30]: largest latent-variable count tried by the source model's CV
+        (which holds out whole samples: replicate rows share a fold).
       random_state [0]: seeds the CV folds of the source model.
     Why the defaults: the full-rank pseudo-inverse over-fits the standards' noise and a fixed
     rank does not carry across N and datasets, so the rank is chosen on the standards
@@ -41,6 +42,8 @@ class DS(SpectralStandardization):
     replicate rows; ``sample_folds``), and runs in closed form (one SVD of an n x n matrix
     per fold, all folds batched). Without replicates (corn, tablet, most Raman pairs) the
     choice is that of version 1 to round-off.
+    Version 3: the source model's CV holds out whole samples (replicates together) and tries
+    up to 30 latent variables (15 bound the choice on corn m5).
     Known limitation: the map sends every target spectrum into the span of the standards'
     source spectra around their mean (rank <= N - 1), so chemical variation outside that
     span is lost; with 5 Kennard-Stone standards DS can be worse than no transfer (reference
@@ -49,7 +52,7 @@ class DS(SpectralStandardization):
     """
 
     name = "ds"
-    version = "2"
+    version = "3"
     description = "direct standardization (centred, with offset; TSVD or ridge)"
 
     def __init__(
@@ -57,7 +60,7 @@ class DS(SpectralStandardization):
         regularization: str = "tsvd",
         n_components: int | None = None,
         alpha: float | None = None,
-        max_components: int = 15,
+        max_components: int = MAX_COMPONENTS,
         random_state: int = 0,
     ):
         self.regularization = regularization

@@ -47,7 +47,7 @@ def bench_method(name: str, task, shots: int, reps: int, device: str, params: di
     fit_s = time.perf_counter() - t0
     transfer_s, predict_s, rmsep = [], [], []
     for rep in range(reps):
-        split = make_split(task, shots, rep)
+        split = make_split(task, shots, rep * task.n_outer)  # stay on outer split 0, whose pool was fitted
         rows = split.standard_rows
         standards = Standards(
             X_source=task.X_source[rows],

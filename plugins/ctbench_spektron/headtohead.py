@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-CLASSICAL = ("sbc", "ds", "pds", "cca", "dipls", "gctpls")
+CLASSICAL = ("sbc", "model_update", "ds", "pds", "cca", "dipls", "gctpls")
 VARIANTS = ("spektron-pds", "spektron-fullft", "spektron-nopretrain")
 ZERO_SHOT = ("spektron-ttt", "no_transfer", "dipls_t")
 
