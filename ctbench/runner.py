@@ -288,10 +288,12 @@ def _error_info(exc: BaseException, phase: str) -> dict[str, str]:
 
 def _residuals(task: Any, pred: np.ndarray) -> dict[str, Any]:
     """Per test row: its sample (index among the test set's samples) and predicted - reference
-    per property, to 7 significant digits (what the leaderboard's bootstrap resamples)."""
+    per property (columns in ``properties`` order), to 7 significant digits (what the
+    leaderboard's bootstrap resamples)."""
     y = task.y[task.test_rows]
     _, sample = np.unique(task.groups[task.test_rows], return_inverse=True)
     return {
+        "properties": list(task.properties),
         "sample": [int(i) for i in sample],
         "values": [[float(f"{v:.7g}") for v in row] for row in (pred - y)],
     }

@@ -32,18 +32,15 @@ ALPHA = 0.05
 
 
 def holm(pvalues: list[float] | np.ndarray) -> np.ndarray:
-    """Holm's step-down adjusted p-values (same order as given)."""
+    """Holm's step-down adjusted p-values, in the order given (NaN stays NaN and is not counted)."""
     p = np.asarray(pvalues, dtype=float)
-    m = p.size
-    if m == 0:
-        return p
-    order = np.argsort(p, kind="stable")
-    adj = np.empty(m)
+    out = np.full(p.shape, np.nan)
+    idx = [i for i in np.argsort(p, kind="stable") if np.isfinite(p[i])]
     running = 0.0
-    for i, j in enumerate(order):
-        running = max(running, min(1.0, (m - i) * p[j]))
-        adj[j] = running
-    return adj
+    for j, i in enumerate(idx):
+        running = max(running, min(1.0, (len(idx) - j) * p[i]))
+        out[i] = running
+    return out
 
 
 def resample_weights(n_samples: int, replicates: int, seed: int) -> np.ndarray:
@@ -53,6 +50,19 @@ def resample_weights(n_samples: int, replicates: int, seed: int) -> np.ndarray:
     out = np.zeros((replicates, n_samples))
     np.add.at(out, (np.repeat(np.arange(replicates), n_samples), draws.ravel()), 1.0)
     return out
+
+
+def residual_columns(rec: dict[str, Any], properties: list[str]) -> np.ndarray:
+    """A record's (rows, properties) residuals with columns in the order of ``properties``.
+
+    The residuals' columns follow the task's property order (named in the block, else in the
+    record's task summary); metrics dictionaries are stored with sorted keys, so never rely on
+    their order.
+    """
+    res = rec["residuals"]
+    names = res.get("properties") or (rec.get("task") or {}).get("properties") or properties
+    values = np.asarray(res["values"], dtype=float).reshape(len(res["values"]), len(names))
+    return values[:, [list(names).index(p) for p in properties]]
 
 
 @dataclass
@@ -123,8 +133,8 @@ def cell_bootstrap(
                 complete = False
                 continue
             if h not in fr_sse:
-                fr_sse[h] = w @ np.square(np.asarray(fr["residuals"]["values"], dtype=float))
-            sse = w @ np.square(np.asarray(rec["residuals"]["values"], dtype=float))
+                fr_sse[h] = w @ np.square(residual_columns(fr, properties))
+            sse = w @ np.square(residual_columns(rec, properties))
             boots.append(0.5 * (np.log(np.maximum(sse, 1e-300)) - np.log(np.maximum(fr_sse[h], 1e-300))))
             reps.append(column[int(rec["identity"]["rep"])])
         if not obs:

@@ -331,13 +331,17 @@ def test_run_records_interval_coverage_and_marks_transductive_runs(tiny_weights,
     from ctbench_spektron import headtohead
 
     execute(plan_runs([MethodSpec("pds")], ["synthetic_a_b"], [10, 30], 1, 0, tmp_path), 1, lambda status, path: None)
-    execute(plan_runs([MethodSpec("no_transfer")], ["synthetic_a_b"], [0, 10], 1, 0, tmp_path), 1, lambda status, path: None)
+    execute(plan_runs([MethodSpec("no_transfer"), MethodSpec("full_recalibration")], ["synthetic_a_b"], [0, 10], 1, 0,
+                      tmp_path), 1, lambda status, path: None)
     out = tmp_path / "h2h.md"
     assert headtohead.main(["--results-dir", str(tmp_path), "--tasks", "synthetic_a_b", "--out", str(out),
                             "--spektron", "spektron[" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + "]"]) == 0
     text = out.read_text()
     assert "| synthetic_a_b | analyte_a |" in text and "pds " in text and "**Cells won**:" in text
     assert "## Zero-shot (N = 0)" in text and "## Prediction intervals" in text and "## Timings" in text
+    # the leaderboard-v2 verdicts: relative RMSEP with tie groups against pds at N = 10 and N = 30
+    assert "## Leaderboard-v2 verdicts" in text and "| synthetic_a_b | analyte_a | " in text.split("### Against")[1]
+    assert text.count("(task, property) cells.") == 2
 
 
 # --- the committed checkpoint ------------------------------------------------------------------------

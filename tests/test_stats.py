@@ -102,3 +102,32 @@ def test_leaderboard_rows_carry_intervals_and_groups():
     rows = build_leaderboard([r for r in _store(np.random.default_rng(1)) if r["identity"]["method"] != "full_recalibration"],
                              metric="rmsep", replicates=100)
     assert all(np.isnan(r["rel_mean"]) and r["group"] is None and np.isfinite(r["mean"]) for r in rows)
+
+
+def test_residual_columns_follow_the_task_property_order_not_the_sorted_metrics():
+    """Records store metrics with sorted keys but residuals in the task's property order
+    ("z" before "a" here): each property's interval must come from its own column."""
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(20, 2))  # columns: z, a
+
+    def rec(method: str, scale: tuple[float, float], reference: bool = False) -> dict:
+        r = _record(method, 0, base * np.array(scale), "s", reference=reference)
+        values = base * np.array(scale)
+        r["metrics"]["per_property"] = {  # sorted keys, as the store writes them
+            "a": {**r["metrics"]["per_property"]["p1"], "rmsep": float(np.sqrt(np.mean(values[:, 1] ** 2)))},
+            "z": {**r["metrics"]["per_property"]["p0"], "rmsep": float(np.sqrt(np.mean(values[:, 0] ** 2)))},
+        }
+        r["residuals"]["properties"] = ["z", "a"]
+        return r
+
+    fr = rec("full_recalibration", (1.0, 1.0), reference=True)
+    m = rec("m", (2.0, 3.0))
+    cells = cell_bootstrap({"m": (False, [m]), "full_recalibration": (True, [fr])}, {"s": fr}, ["a", "z"], seed=0,
+                           replicates=50)
+    assert np.exp(cells["m"].value(0)) == pytest.approx(3.0) and interval(cells["m"], 0) == pytest.approx((3.0, 3.0))
+    assert np.exp(cells["m"].value(1)) == pytest.approx(2.0) and interval(cells["m"], 1) == pytest.approx((2.0, 2.0))
+    del m["residuals"]["properties"], fr["residuals"]["properties"]
+    m["task"]["properties"] = fr["task"]["properties"] = ["z", "a"]  # older records: the task summary names them
+    cells = cell_bootstrap({"m": (False, [m]), "full_recalibration": (True, [fr])}, {"s": fr}, ["a", "z"], seed=0,
+                           replicates=50)
+    assert interval(cells["m"], 0) == pytest.approx((3.0, 3.0))

@@ -74,20 +74,27 @@ def sweep(
 
     phases: dict[str, float] = {}
     fits: dict[tuple, float] = {}
+    per_method: dict[str, float] = {}
     records = list(Store(results_dir).iter_records())
     for r in records:
+        name = r["identity"]["method"]
         for k, v in (r.get("timings") or {}).items():
             if k == "fit_s":
-                fits[(r["identity"]["method"], r["identity"]["task"])] = v
+                fits[(name, r["identity"]["task"], (r.get("outer") or {}).get("index", 0))] = v
             elif k != "load_s":
                 phases[k] = phases.get(k, 0.0) + v
-    phases["fit_s (once per method and task)"] = sum(fits.values())
+                per_method[name] = per_method.get(name, 0.0) + v
+    for (name, _, _), v in fits.items():
+        per_method[name] = per_method.get(name, 0.0) + v
+    phases["fit_s (once per method, task and outer split)"] = sum(fits.values())
     n = counts["ok"] + counts["failed"]
     typer.echo(f"records: {n} ({counts['ok']} ok, {counts['failed']} failed)")
     typer.echo(f"wall time: {wall:.1f} s (planning and data loading {t_plan:.1f} s, runs {t_run:.1f} s) on {jobs} process(es)")
     typer.echo(f"throughput: {n / max(t_run, 1e-9):.1f} records/s")
     for k, v in sorted(phases.items()):
         typer.echo(f"  summed {k}: {v:.1f} s")
+    typer.echo("  per method (fit + transfer + predict, summed over processes): " + ", ".join(
+        f"{m} {v:.1f} s" for m, v in sorted(per_method.items(), key=lambda kv: -kv[1])))
     if publish is not None:
         _publish(publish, records, _regenerate_command(method, task, shots, reps, seed, jobs, publish))
     if tmp is not None:
@@ -139,9 +146,28 @@ def _publish(folder: Path, records: list[dict], command: str) -> None:
         "R2 per cell; gap closed per property. The methods' known limitations behind outlying rows are "
         "described in their docstrings (plugins/ctbench_classical).\n\n"
     )
-    (folder / "reference_leaderboard.md").write_text(header + format_rows(rows, "md") + "\n")
+    (folder / "reference_leaderboard.md").write_text(header + format_rows(rows, "md") + "\n\n" + _across_tasks(rows) + "\n")
     (folder / "reference_leaderboard.json").write_text(json.dumps(rows, indent=1, default=lambda o: None) + "\n")
     typer.echo(f"wrote {folder / 'reference_leaderboard.md'} and .json ({len(rows)} rows)")
+
+
+def _across_tasks(rows: list[dict]) -> str:
+    """The Friedman / Nemenyi analysis at each N (task blocks, reference rows excluded) as Markdown."""
+    from ctbench.report.page import _friedman_text
+    from ctbench.report.significance import friedman_by_shots
+
+    lines = ["## Across tasks: Friedman + Nemenyi at each N", ""]
+    for res in friedman_by_shots(rows, "rel_rmsep"):
+        lines.append(f"### N = {res.n_shots}")
+        lines += ["", *_friedman_text(res), ""]
+        if res.ran:
+            lines.append("Average ranks (1 = best): " + ", ".join(f"{m} {r:.2f}" for m, r in res.avg_ranks.items()) + ".")
+            groups = res.cliques()
+            if groups:
+                lines.append("Not significantly different (average ranks within CD): "
+                             + "; ".join("{" + ", ".join(g) + "}" for g in groups) + ".")
+            lines.append("")
+    return "\n".join(lines)
 
 
 def _lenient_plan(specs: list, tasks: list[str], shots: list[int], reps: int, seed: int, results_dir: Path, data_dir: str | None):

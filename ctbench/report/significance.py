@@ -393,16 +393,7 @@ def friedman_by_shots(
                              dataset_samples=dataset_samples) for n in shots]
 
 
-def holm(p: list[float] | np.ndarray) -> np.ndarray:
-    """Holm step-down adjusted p-values (NaN stays NaN and does not count as a comparison)."""
-    p = np.asarray(p, dtype=float)
-    out = np.full(p.shape, np.nan)
-    idx = [i for i in np.argsort(p, kind="stable") if np.isfinite(p[i])]
-    m, running = len(idx), 0.0
-    for j, i in enumerate(idx):
-        running = max(running, min(1.0, (m - j) * p[i]))
-        out[i] = running
-    return out
+from ctbench.stats import holm  # noqa: E402  (re-exported: the report's Holm is the leaderboard's)
 
 
 def _pairwise(res: FriedmanResult, score: np.ndarray) -> list[Pairwise]:

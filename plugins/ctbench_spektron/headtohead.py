@@ -211,6 +211,79 @@ def build(table: Table, tasks: list[str], spektron: str, shots: int, classical_s
     return "\n".join(lines), summary
 
 
+def _renamed(rec: dict[str, Any], name: str, n_shots: int) -> dict[str, Any]:
+    """A shallow copy of a record under another method name and N (to pit N = 30 rows against N = 10)."""
+    r = dict(rec)
+    r["identity"] = {**rec["identity"], "method": name, "n_shots": n_shots}
+    r["method"] = {**rec["method"], "name": name, "user_params": {}, "params_source": "default"}  # the name says it all
+    return r
+
+
+def tie_verdicts(records: list[dict[str, Any]], tasks: list[str], spektron: str, shots: int,
+                 rival_shots: int) -> tuple[list[str], dict[str, int]]:
+    """Leaderboard-v2 verdicts of Spektron at N = ``shots`` against the classical methods at N = ``rival_shots``.
+
+    Per (task, property) cell, on relative RMSEP (RMSEP / full recalibration on the same outer split) with the
+    leaderboard's paired bootstrap and Holm-corrected tie groups: *better* = Spektron is the cell's best and no
+    classical method is tied with it; *tied* = Spektron and at least one classical method share group 1; *worse* =
+    Spektron is not in group 1. The repetitions are paired (same outer splits and test samples), only the number of
+    standards differs.
+    """
+    from ctbench.leaderboard import build_leaderboard
+
+    picked = []
+    for r in records:
+        ident = r["identity"]
+        if ident["task"] not in tasks:
+            continue
+        if label(r) == spektron and ident["n_shots"] == shots:
+            picked.append(_renamed(r, f"{spektron}@{shots}", shots))
+        elif r["method"].get("user_params"):
+            continue  # the classical side and the reference run with their defaults
+        elif ident["method"] in CLASSICAL and ident["n_shots"] == rival_shots:
+            picked.append(_renamed(r, f"{ident['method']}@{rival_shots}", shots))
+        elif ident["method"] == "full_recalibration" and ident["n_shots"] == shots:
+            picked.append(r)
+    rows = build_leaderboard(picked, per_property=True)
+    me = f"{spektron}@{shots}"
+    counts = {"better": 0, "tied": 0, "worse": 0}
+    lines = [f"| task | property | {me} rel. RMSEP [95 % CI] | group | best classical N={rival_shots} | verdict |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    cells: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        cells.setdefault((row["task"], row["property"]), []).append(row)
+    for (task, prop), cell in cells.items():
+        mine = next((x for x in cell if x["method"] == me), None)
+        rivals = [x for x in cell if x["method"] != me and not x["reference"] and x["group"] is not None]
+        if mine is None or mine["group"] is None or not rivals:
+            continue
+        best = min(rivals, key=lambda x: x["mean"])
+        if mine["group"] != 1:
+            verdict = "worse"
+        elif any(x["group"] == 1 for x in rivals):
+            verdict = "tied"
+        else:
+            verdict = "better"
+        if prop != "mean":
+            counts[verdict] += 1
+        lines.append(f"| {task} | {prop} | {mine['mean']:.3f} [{mine['lo']:.3f}, {mine['hi']:.3f}] | {mine['group']} | "
+                     f"{best['method']} {best['mean']:.3f} [{best['lo']:.3f}, {best['hi']:.3f}] | {verdict} |")
+    return lines, counts
+
+
+def v2_section(records: list[dict[str, Any]], tasks: list[str], spektron: str, shots: int, classical_shots: int) -> str:
+    """Markdown: Spektron against the classical roster (model_update included) with the leaderboard-v2 tie groups."""
+    out = [f"## Leaderboard-v2 verdicts: {spektron} at N = {shots} against {', '.join(CLASSICAL)}", "",
+           "Relative RMSEP with its 95 % paired-bootstrap interval and tie group (ctbench.stats); counts are over "
+           "(task, property) cells, the task's mean row is shown but not counted.", ""]
+    for rival in (shots, classical_shots):
+        lines, counts = tie_verdicts(records, tasks, spektron, shots, rival)
+        out += [f"### Against the classical methods at N = {rival}", "", *lines, "",
+                f"**{spektron}@{shots} vs classical@{rival}**: better in {counts['better']}, tied for first in "
+                f"{counts['tied']}, worse in {counts['worse']} of {sum(counts.values())} (task, property) cells.", ""]
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ctbench_spektron.headtohead", description=__doc__.splitlines()[0])
     ap.add_argument("--results-dir", required=True, type=Path, help="result store of the runs")
@@ -223,9 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if not a.results_dir.is_dir():
         ap.error(f"results dir {a.results_dir} does not exist")
-    table = Table(load(a.results_dir))
+    records = load(a.results_dir)
+    table = Table(records)
     tasks = [t for t in a.tasks.split(",") if t]
     text, summary = build(table, tasks, a.spektron, a.shots, a.classical_shots)
+    text = v2_section(records, tasks, a.spektron, a.shots, a.classical_shots) + "\n\n" + text
     print(text)
     if str(a.out) != "-":
         a.out.parent.mkdir(parents=True, exist_ok=True)
