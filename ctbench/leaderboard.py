@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from ctbench.metrics import LOWER_IS_BETTER, METRICS, gap_closed
+from ctbench.splits import stable_seed
+from ctbench.stats import BOOTSTRAP_REPLICATES, cell_bootstrap, interval, tie_groups
 
 REFERENCE_METHODS = ("no_transfer", "target_only", "full_recalibration")
 
@@ -107,8 +109,6 @@ def build_leaderboard(
     what ``mean``/``sd``/``lo``/``hi`` hold and the sort order; tie groups always come from the
     relative RMSEP.
     """
-    from ctbench.stats import BOOTSTRAP_REPLICATES, cell_bootstrap, interval, tie_groups
-
     if metric not in METRICS and metric not in ("gap_closed", "rel_rmsep"):
         raise LeaderboardError(f"unknown metric {metric!r}; choose from rel_rmsep, {', '.join(METRICS + ('gap_closed',))}")
     if metric == "gap_closed" and not per_property:
@@ -142,8 +142,6 @@ def build_leaderboard(
     for (task, n), by_label in sorted(cells.items()):
         first = next(iter(by_label.values()))[0]
         props = list(first["metrics"]["per_property"])
-        from ctbench.splits import stable_seed
-
         boot = cell_bootstrap(
             {lab: (_is_reference(recs[0]), recs) for lab, recs in by_label.items()},
             full_recal.get(task, {}), props, seed=stable_seed(task, n),
@@ -152,8 +150,7 @@ def build_leaderboard(
         for prop_i, prop in ([(None, "mean")] + list(enumerate(props))) if per_property else [(None, "mean")]:
             groups = tie_groups(boot, prop_i)
             for label, recs in by_label.items():
-                rows.append(_row(task, n, prop, prop_i, label, recs, boot.get(label), groups.get(label),
-                                 metric, refs, interval))
+                rows.append(_row(task, n, prop, prop_i, label, recs, boot.get(label), groups.get(label), metric, refs))
     for (task, n, label), count in failed.items():
         if not any(r["task"] == task and r["n_shots"] == n and r["method"] == label for r in rows):
             rows.append(_failed_row(task, n, label, metric, count))
@@ -178,7 +175,7 @@ def _is_reference(rec: dict) -> bool:
 
 
 def _row(task: str, n: int, prop: str, prop_i: int | None, label: str, recs: list[dict], cell: Any,
-         group: tuple[int, float] | None, metric: str, refs: dict, interval: Any) -> dict[str, Any]:
+         group: tuple[int, float] | None, metric: str, refs: dict) -> dict[str, Any]:
     def per_rec(name: str) -> list[float]:
         if prop_i is None:
             return [r["metrics"]["mean"][name] for r in recs]

@@ -122,6 +122,14 @@ def _n_folds(cv: int, n_units: int) -> int:
     return max(2, min(cv, n_units))
 
 
+def _folds_for(n: int, cv: int, random_state: int, groups: object = None) -> list[np.ndarray]:
+    """The CV folds of ``n`` rows: ``min(cv, number of samples)`` folds (at least 2) of whole samples."""
+    n_units = n_samples(groups, n)
+    if n_units < 2:
+        raise ValueError("PLS cross-validation needs at least 2 distinct samples")
+    return _cv_folds(n, _n_folds(cv, n_units), random_state, groups)
+
+
 def _cap(max_components: int, folds: list[np.ndarray], n: int, p: int) -> int:
     """Largest latent-variable count the CV tries: the cap, the smallest training fold - 1, channels."""
     max_train = n - max(len(f) for f in folds)
@@ -154,10 +162,7 @@ def _cv_press(
     """
     n = X.shape[0]
     if folds is None:
-        n_units = n_samples(groups, n)
-        if n_units < 2:
-            raise ValueError("grouped cross-validation needs at least 2 distinct samples")
-        folds = _cv_folds(n, _n_folds(cv, n_units), random_state, groups)
+        folds = _folds_for(n, cv, random_state, groups)
     n_folds = len(folds)
     A = _cap(max_components, folds, n, X.shape[1])
     k = Y.shape[1]
@@ -326,9 +331,7 @@ class PLSCalibration:
         if self.n_components is None:
             n = X.shape[0]
             n_units = n_samples(codes, n)
-            if n_units < 2:
-                raise ValueError("PLS cross-validation needs at least 2 distinct samples")
-            folds = _cv_folds(n, _n_folds(self.cv, n_units), self.random_state, codes)
+            folds = _folds_for(n, self.cv, self.random_state, codes)
             A = _cap(self.max_components, folds, n, X.shape[1])
             # all properties at once
             press, n = _cv_press(X, y, self.max_components, self.cv, self.random_state, folds=folds)
@@ -350,3 +353,12 @@ class PLSCalibration:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return np.asarray(X, dtype=float) @ self.coef_ + self.intercept_
+
+    def chosen_params(self) -> dict:
+        """What the fit chose, as plain JSON: latent variables per property (property order),
+        whether the cap bound each choice, and the largest count the CV tried."""
+        return {
+            "components": [int(a) for a in self.n_components_],
+            "cap_binds": [bool(b) for b in self.cap_binds_],
+            "max_components_tried": int(self.max_components_tried_),
+        }

@@ -157,7 +157,7 @@ def _rep_order(task: Any, rep: int, seed: int) -> tuple[np.ndarray, bool]:
     """
     strategy = task.card.standards["strategy"]
     subsample = float(task.card.standards.get("subsample", 0.8))
-    base = (task.name, task.version, task.card.sha256, task.n_outer, strategy, subsample, seed)
+    base = (task.name, task.version, task.card.sha256, task.outer_hash, strategy, subsample, seed)
     if base + (rep,) in _ORDERS:
         return _ORDERS[base + (rep,)]
     earlier = [_rep_order(task, r, seed)[0] for r in range(rep)]

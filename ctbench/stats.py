@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from ctbench.splits import stable_seed
+
 BOOTSTRAP_REPLICATES = 2000
 ALPHA = 0.05
 
@@ -112,8 +114,6 @@ def cell_bootstrap(
             w = resample_weights(int(sample.max()) + 1, replicates, stable_seed("bootstrap", seed, h))
             weights[h] = w[:, sample]  # per row: its sample's count
         return weights[h]
-
-    from ctbench.splits import stable_seed
 
     universe = sorted({int(r["identity"]["rep"]) for _, recs in methods.values() for r in recs})
     rep_weights = resample_weights(len(universe), replicates, stable_seed("bootstrap-reps", seed)) if universe else None

@@ -64,6 +64,14 @@ class Task:
     def _outer_views(self) -> dict[int, "Task"]:
         return {}
 
+    @cached_property
+    def outer_hash(self) -> str:
+        """A hash of every outer split's pool and test rows (what the standards orderings depend on)."""
+        from ctbench.splits import hash_indices
+
+        parts = [p for pool, test in (self.outer_splits or ((self.pool_rows, self.test_rows),)) for p in (pool, [-1], test, [-2])]
+        return hash_indices(np.concatenate(parts))
+
     @property
     def name(self) -> str:
         return self.card.name

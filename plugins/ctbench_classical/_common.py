@@ -99,11 +99,7 @@ def plain(value: Any) -> Any:
 def source_model_params(model: PLSCalibration) -> dict[str, Any]:
     """What the source PLS model chose: latent variables per property (property order), whether
     the cap bound them, and the largest count its CV tried."""
-    return {
-        "source_components": plain(model.n_components_),
-        "source_cap_binds": plain(getattr(model, "cap_binds_", np.zeros(len(model.n_components_), dtype=bool))),
-        "source_max_components_tried": plain(getattr(model, "max_components_tried_", 0)),
-    }
+    return {f"source_{k}": v for k, v in model.chosen_params().items()}
 
 
 _BLAS = None

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ctbench.method import SourceData, Standards, Tags, TransferMethod
-from ctbench.pls import _choose, _cv_folds
+from ctbench.pls import _cap, _choose, _cv_folds, _n_folds, _sample_codes
 
 from ._common import (
     MAX_COMPONENTS,
@@ -301,12 +301,7 @@ def _positive(value: Any) -> bool:
 
 def _codes(groups: np.ndarray | None, n: int) -> np.ndarray:
     """Sample index per row (0, 1, ... in order of first appearance); one per row without groups."""
-    if groups is None:
-        return np.arange(n)
-    _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
-    rank = np.empty(len(first), dtype=int)
-    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
-    return rank[inverse.reshape(-1)]
+    return np.arange(n) if groups is None else _sample_codes(groups, n)
 
 
 def _standard_codes(
@@ -378,8 +373,8 @@ def augmented_components(
     freedom; the same CV as the source model's, on the stack. One row per Gram matrix (gain)."""
     n = Y.shape[0]
     n_units = int(codes.max()) + 1
-    folds = _cv_folds(n, max(2, min(COMPONENT_CV_FOLDS, n_units)), random_state, codes)
-    A = max(1, min(int(max_components), n - max(len(f) for f in folds) - 1, n - 1))
+    folds = _cv_folds(n, _n_folds(COMPONENT_CV_FOLDS, n_units), random_state, codes)
+    A = _cap(int(max_components), folds, n, n)  # the dual form has no channel bound
     D = np.ones((len(folds), n))
     for f, rows in enumerate(folds):
         D[f, rows] = 0.0

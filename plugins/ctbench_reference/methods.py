@@ -33,13 +33,7 @@ class _PLSBase(TransferMethod):
         """Latent variables per property (a list in property order), whether the cap bound each
         choice, and the largest count the CV tried."""
         model = getattr(self, "model_", None)
-        if model is None:
-            return {}
-        return {
-            "components": [int(a) for a in model.n_components_],
-            "cap_binds": [bool(b) for b in model.cap_binds_],
-            "max_components_tried": int(model.max_components_tried_),
-        }
+        return {} if model is None else model.chosen_params()
 
     @classmethod
     def search_space(cls, trial) -> dict:
