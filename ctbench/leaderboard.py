@@ -37,7 +37,34 @@ def method_label(rec: dict[str, Any]) -> str:
         label += "[" + ",".join(f"{k}={v}" for k, v in sorted(user.items())) + "]"
     if rec.get("transductive"):
         label += " (transductive)"
+    if rec.get("_code_tag"):
+        label += f" <code {rec['_code_tag']}>"
     return label
+
+
+def _code_of(rec: dict) -> str:
+    return str(rec["identity"].get("code_sha256") or (rec.get("method") or {}).get("code_sha256") or "?")
+
+
+def mixed_code(records: list[dict]) -> list[str]:
+    """Tag the records of a method whose records come from more than one code version (same
+    name and ``version``, different code hash): their labels get ``<code HASH>`` so the rows are
+    never pooled. Returns one line per such method, saying why."""
+    codes: dict[str, set[str]] = {}
+    for r in records:
+        codes.setdefault(r["identity"]["method"], set()).add(_code_of(r))
+    notes = []
+    for name, hashes in sorted(codes.items()):
+        if len(hashes) < 2:
+            continue
+        for r in records:
+            if r["identity"]["method"] == name:
+                r["_code_tag"] = _code_of(r)[:8]
+        notes.append(
+            f"method {name!r}: records from {len(hashes)} different code versions ({', '.join(h[:8] for h in sorted(hashes))}) "
+            f"under one version number; shown as separate rows, never pooled (move the old records out of the results directory)"
+        )
+    return notes
 
 
 def _check_versions(records: list[dict]) -> None:
@@ -45,7 +72,15 @@ def _check_versions(records: list[dict]) -> None:
     for r in records:
         versions.setdefault(("task", r["identity"]["task"]), set()).add(str(r["identity"]["task_version"]))
         versions.setdefault(("method", r["identity"]["method"]), set()).add(str(r["identity"]["method_version"]))
+        if r["identity"].get("card_sha256"):
+            versions.setdefault(("card", r["identity"]["task"]), set()).add(str(r["identity"]["card_sha256"])[:12])
     for (kind, name), vs in sorted(versions.items()):
+        if kind == "card" and len(vs) > 1:
+            raise LeaderboardError(
+                f"records of task {name!r} were made from {len(vs)} different card contents ({', '.join(sorted(vs))}) "
+                f"under one card version; refusing to mix them (bump the card's version, or move the old records out "
+                f"of the results directory)"
+            )
         if len(vs) > 1:
             raise LeaderboardError(
                 f"records of {kind} {name!r} come from versions {', '.join(sorted(vs))}; refusing to mix them "
@@ -119,6 +154,7 @@ def build_leaderboard(
     if method_version:
         sel = [r for r in sel if str(r["identity"]["method_version"]) == method_version]
     _check_versions(sel)
+    mixed_code(sel)
     all_ok = [r for r in sel if r["status"] == "ok" and r.get("metrics")]
     refs = _references(all_ok)
     full_recal: dict[str, dict[str, dict]] = {}

@@ -188,7 +188,20 @@ class MethodInfo:
 
     cls: type[TransferMethod]
     plugin: str
+    """Registration name of the plugin (its entry-point name, or ``name@distribution`` when a
+    second distribution reused an entry-point name)."""
     extra: dict[str, Any] = field(default_factory=dict)
+    qualified: str = ""
+    """``plugin:method`` (always accepted by ``ctbench.plugins.get_method``); unique per class."""
+    distribution: str = ""
+    """Name of the distribution that ships the plugin (``ctbench`` for the built-ins)."""
+    distribution_version: str = ""
+    builtin: bool = False
+    """True when the distribution is ctbench itself (built-ins keep a plain name on a clash)."""
+    listed_name: str = ""
+    """The name ``ctbench methods`` lists and resolves unambiguously: the plain ``cls.name`` when this
+    class owns it, else ``qualified`` (the name is shadowed by a built-in or claimed by two plugins).
+    Records and leaderboard rows should be keyed by it (or by ``qualified``), never by ``cls.name``."""
 
     @property
     def name(self) -> str:

@@ -9,11 +9,10 @@ error capture (a failure becomes a ``failed`` record, the sweep goes on) and the
 
 from __future__ import annotations
 
-import copy
+import os
 import platform
 import sys
 import time
-import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,9 +23,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ctbench.cards import TaskCard, expand_tasks
+from ctbench.codehash import method_code_hash
 from ctbench.method import SourceData, Standards
 from ctbench.splits import ShotsError, make_split, stable_seed
 from ctbench.store import SCHEMA_VERSION, Store, record_key, run_identity
+from ctbench.worker import error_info
 
 
 class PlanError(ValueError):
@@ -86,6 +87,15 @@ def resolved_params(cls: Any, spec: MethodSpec) -> dict[str, Any]:
     return params
 
 
+def canonical_name(name: str) -> str:
+    """The name records use for a method: its plain name when that resolves to the same class,
+    else its qualified ``plugin:method`` name (a third party's method whose plain name a
+    built-in or another plugin also registers)."""
+    from ctbench.plugins import get_method, record_name
+
+    return record_name(get_method(name, quiet=True))
+
+
 def check_shots(cls: Any, method: str, task: Any, n: int) -> str | None:
     """Why N shots is impossible for this method on this task, or None."""
     tags = cls.tags
@@ -122,6 +132,7 @@ def plan_runs(
     if reps < 1:
         raise PlanError("--reps must be at least 1")
     infos = [(spec, get_method(spec.name)) for spec in methods]
+    codes = {spec.name: method_code_hash(info.cls) for spec, info in infos}
     store = Store(results_dir)
     units: list[WorkUnit] = []
     skipped: list[str] = []
@@ -144,7 +155,8 @@ def plan_runs(
                     if rep_filter is not None and not rep_filter(rep):
                         continue
                     n_total += 1
-                    ident = run_identity(spec.name, info.cls.version, params, card.name, card.version, n, rep, seed)
+                    ident = run_identity(canonical_name(spec.name), info.cls.version, params, card.name, card.version, n, rep,
+                                         seed, card_sha256=card.sha256, code_sha256=codes[spec.name])
                     if not force:
                         rec = store.get(ident)
                         if rec is not None and rec.get("status") == "ok":
@@ -225,65 +237,25 @@ def standards_for(task: Any, rows: np.ndarray) -> Standards:
     )
 
 
-# --- per-process caches (performance only) --------------------------------------------
-# A sweep runs every method of a task on the same (N, rep) splits: the split, its manifest,
-# the standards' read-only arrays, the test spectra and the task summary are computed once
-# per process and shared. Everything shared is read-only (or copied per record), so a
-# method still sees exactly what it saw before.
+# --- work packages ---------------------------------------------------------------------
+# A sweep runs every method of a task on the same (N, rep) splits: the split and its manifest
+# are computed once (in the parent); each package carries its own copy of the arrays.
 
-_SPLITS: dict[tuple, tuple[Any, dict, np.ndarray, np.ndarray, np.ndarray]] = {}
-_TASK_VIEWS: dict[tuple, tuple[np.ndarray, dict]] = {}
+_SPLITS: dict[tuple, tuple[Any, dict]] = {}
 _CACHE_SIZE = 4096
 
 
-def _task_key(task: Any) -> tuple:
-    return (task.name, task.version, task.card.sha256, id(task), task.outer_index)
-
-
-def _split_and_arrays(task: Any, n: int, rep: int, seed: int) -> tuple[Any, dict, np.ndarray, np.ndarray, np.ndarray]:
-    """(split, manifest, read-only X_source[S], X_target[S], y[S]) of an (N, rep), cached per process."""
-    key = _task_key(task) + (int(n), int(rep), int(seed))
+def _split(task: Any, n: int, rep: int, seed: int) -> tuple[Any, dict]:
+    """(split, manifest) of an (N, rep), cached per process (every method of a sweep uses it)."""
+    key = (task.name, task.version, task.card.sha256, id(task), int(n), int(rep), int(seed))
     hit = _SPLITS.get(key)
     if hit is None:
         split = make_split(task, n, rep, seed)
-        rows = split.standard_rows
-        hit = (split, split.manifest(), _readonly(task.X_source[rows]), _readonly(task.X_target[rows]), _readonly(task.y[rows]))
+        hit = (split, split.manifest())
         if len(_SPLITS) >= _CACHE_SIZE:
             _SPLITS.pop(next(iter(_SPLITS)))
         _SPLITS[key] = hit
     return hit
-
-
-def _task_view(task: Any) -> tuple[np.ndarray, dict]:
-    """(read-only X_target[T], task summary) of a task, cached per process."""
-    key = _task_key(task)
-    hit = _TASK_VIEWS.get(key)
-    if hit is None:
-        hit = (_readonly(task.X_target[task.test_rows]), {**task.summary(), "card_sha256": task.card.sha256})
-        _TASK_VIEWS[key] = hit
-    return hit
-
-
-def _standards_from(task: Any, rows: np.ndarray, Xs: np.ndarray, Xt: np.ndarray, y: np.ndarray) -> Standards:
-    """``standards_for`` with the cached read-only arrays (the sample ids are a fresh copy, as before)."""
-    return Standards(
-        X_source=Xs,
-        X_target=Xt,
-        y=y,
-        axis=_readonly(task.axis),
-        axis_unit=task.axis_unit,
-        properties=task.properties,
-        groups=np.array(task.groups[rows]),
-    )
-
-
-def _error_info(exc: BaseException, phase: str) -> dict[str, str]:
-    return {
-        "phase": phase,
-        "type": type(exc).__name__,
-        "message": str(exc)[:2000],
-        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-20000:],
-    }
 
 
 def _residuals(task: Any, pred: np.ndarray) -> dict[str, Any]:
@@ -299,38 +271,32 @@ def _residuals(task: Any, pred: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _fit(cls: Any, params: dict, random_state: int, has_rs: bool, task: Any, name: str) -> tuple[Any, float, dict | None]:
-    """(fitted method, fit seconds, error info) on the task's (outer split's) calibration pool."""
-    try:
-        method = cls(**copy.deepcopy(params), **({"random_state": random_state} if has_rs else {}))
-        t0 = time.perf_counter()
-        fitted = method.fit(source_for(task, cls))
-        fit_s = time.perf_counter() - t0
-        if fitted is None:
-            raise TypeError(f"method {name!r}: fit() must return self")
-        return fitted, fit_s, None
-    except Exception as exc:
-        return None, 0.0, _error_info(exc, "fit")
+@dataclass
+class PackageJob:
+    """A worker's package, the spectra it predicts (sent after its transfers), and what the
+    parent needs to turn each item's outcome into a record (kept in the parent)."""
+
+    package: Any
+    X_predict: np.ndarray
+    task: Any
+    records: dict[int, dict[str, Any]]
+    results_dir: str
+    group: tuple | None = None
+    """The source data the package fits on (task, card, outer split, instrument); None for
+    methods fitted on the target calibration, whose fits are never shared."""
 
 
-def _chosen(m: Any) -> dict[str, Any] | None:
-    chosen = getattr(m, "chosen_params", None)
-    if not callable(chosen):
-        return None
-    from ctbench.store import canonical_json
-    import json
-
-    return json.loads(canonical_json(chosen()))
+def _method_class_path(cls: Any) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def run_unit(unit: WorkUnit, progress: Callable[[dict, str], None] | None = None) -> list[tuple[str, str]]:
-    """Per outer split: fit once, then transfer/predict/score/store each (N, rep) of that split.
-    Returns [(status, record path)]."""
-    from ctbench.metrics import evaluate
+def unit_packages(unit: WorkUnit) -> list[PackageJob]:
+    """The unit's work packages, one per outer split: protocol data for the worker, record
+    skeletons for the parent."""
     from ctbench.plugins import get_method
     from ctbench.tasks import build_task
+    from ctbench.worker import Item, Package
 
-    store = Store(unit.results_dir)
     t0 = time.perf_counter()
     base = build_task(unit.card, unit.data_dir)
     load_s = time.perf_counter() - t0
@@ -339,96 +305,111 @@ def run_unit(unit: WorkUnit, progress: Callable[[dict, str], None] | None = None
     params = resolved_params(cls, unit.spec)
     random_state = stable_seed(unit.seed, "fit", base.name, base.version)
     has_rs = "random_state" in cls._param_names()
-    out = []
-    items = sorted(unit.items, key=lambda item: (base.outer_of_rep(item[1])[0], item[1], item[0]))
-    fits: dict[int, tuple[Any, float, dict | None]] = {}
-    for n, rep in items:
-        k, _ = base.outer_of_rep(rep)
+    code = method_code_hash(cls)
+    by_outer: dict[int, list[tuple[int, int]]] = {}
+    for n, rep in sorted(unit.items, key=lambda item: (base.outer_of_rep(item[1])[0], item[1], item[0])):
+        by_outer.setdefault(base.outer_of_rep(rep)[0], []).append((n, rep))
+    jobs = []
+    for k, items in by_outer.items():
         task = base.outer(k)
-        if k not in fits:
-            fits.clear()  # one fitted model alive at a time
-            fits[k] = _fit(cls, params, random_state, has_rs, task, unit.spec.name)
-        fitted, fit_s, fit_error = fits[k]
-        X_test, task_summary = _task_view(task)
-        ident = run_identity(cls.name, cls.version, params, task.name, task.version, n, rep, unit.seed)
-        split, manifest, std_Xs, std_Xt, std_y = _split_and_arrays(base, n, rep, unit.seed)
-        record: dict[str, Any] = {
-            "schema": SCHEMA_VERSION,
-            "key": record_key(ident),
-            "identity": ident,
-            "method": {
-                "name": cls.name,
-                "version": cls.version,
-                "plugin": info.plugin,
-                "class": f"{cls.__module__}.{cls.__qualname__}",
-                "params_source": unit.spec.params_source,
-                "user_params": unit.spec.params,
-                "tags": {k: getattr(cls.tags, k) for k in cls.tags.__dataclass_fields__},
-            },
-            "task": dict(task_summary),
-            "n_shots": n,
-            "rep": rep,
-            "outer": {"index": split.outer, "of": split.n_outer, "draw": split.draw},
-            "seed": unit.seed,
-            "random_state": random_state if has_rs else None,
-            "transductive": bool(cls.tags.transductive),
-            "reference": bool(cls.tags.reference),
-            "split": dict(manifest),
-            "data_sha256": task.data_sha256,
-            "environment": environment(),
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        timings = {"load_s": load_s, "fit_s": fit_s}
-        if fit_error is not None:
-            record.update(status="failed", error=fit_error, metrics=None, timings=timings)
-        else:
-            try:
-                m = copy.deepcopy(fitted)
-                unlabelled = X_test if cls.tags.transductive else None
-                t0 = time.perf_counter()
-                if m.transfer(_standards_from(task, split.standard_rows, std_Xs, std_Xt, std_y), unlabelled) is None:
-                    raise TypeError(f"method {cls.name!r}: transfer() must return self")
-                timings["transfer_s"] = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                pred = m.predict(X_test)
-                timings["predict_s"] = time.perf_counter() - t0
-                pred = _check_predictions(pred, task.test_rows.size, len(task.properties), cls.name)
-                record.update(status="ok", metrics=evaluate(task.y[task.test_rows], pred, task.properties))
-                record["residuals"] = _residuals(task, pred)
-                if callable(getattr(m, "predict_interval", None)):  # uncertainty-aware methods
-                    t0 = time.perf_counter()
-                    lo, hi = m.predict_interval(_readonly(task.X_target[task.test_rows]))
-                    timings["interval_s"] = time.perf_counter() - t0
-                    record["metrics"]["intervals"] = interval_metrics(task.y[task.test_rows], lo, hi, task.properties)
-                chosen = _chosen(m)
-                if chosen is not None:
-                    record["chosen"] = chosen
-                extra = getattr(m, "record_extras", None)
-                if callable(extra):
-                    record["extras"] = extra()
-            except Exception as exc:
-                record.update(status="failed", error=_error_info(exc, "transfer/predict"), metrics=None)
-            record["timings"] = timings
-        path = store.write(record)
-        out.append((record["status"], str(path)))
-        if progress is not None:
-            progress(record, str(path))
-    return out
+        X_test = _readonly(task.X_target[task.test_rows])
+        summary = {**task.summary(), "card_sha256": task.card.sha256}
+        pkg_items, records = [], {}
+        for i, (n, rep) in enumerate(items):
+            ident = run_identity(canonical_name(unit.spec.name), cls.version, params, task.name, task.version, n, rep, unit.seed,
+                                 card_sha256=task.card.sha256, code_sha256=code)
+            split, manifest = _split(base, n, rep, unit.seed)
+            pkg_items.append((i, n, rep, split.standard_rows))
+            records[i] = {
+                "schema": SCHEMA_VERSION,
+                "key": record_key(ident),
+                "identity": ident,
+                "method": {
+                    "name": cls.name,
+                    "version": cls.version,
+                    "plugin": info.plugin,
+                    "qualified": getattr(info, "qualified", f"{info.plugin}:{cls.name}"),
+                    "distribution": getattr(info, "distribution", ""),
+                    "distribution_version": getattr(info, "distribution_version", ""),
+                    "code_sha256": code,
+                    "class": f"{cls.__module__}.{cls.__qualname__}",
+                    "params_source": unit.spec.params_source,
+                    "user_params": unit.spec.params,
+                    "tags": {t: getattr(cls.tags, t) for t in cls.tags.__dataclass_fields__},
+                },
+                "task": dict(summary),
+                "n_shots": n,
+                "rep": rep,
+                "outer": {"index": split.outer, "of": split.n_outer, "draw": split.draw},
+                "seed": unit.seed,
+                "random_state": random_state if has_rs else None,
+                "transductive": bool(cls.tags.transductive),
+                "reference": bool(cls.tags.reference),
+                "split": dict(manifest),
+                "data_sha256": task.data_sha256,
+                "environment": environment(),
+                "_load_s": load_s,
+            }
+            load_s = 0.0
+        bank_rows = np.unique(np.concatenate([rows for *_, rows in pkg_items])) if pkg_items else np.zeros(0, int)
+        position = {int(r): j for j, r in enumerate(bank_rows)}
+        items = [Item(i, n, rep, np.array([position[int(r)] for r in rows], dtype=int)) for i, n, rep, rows in pkg_items]
+        pkg = Package(
+            method=_method_class_path(cls),
+            name=cls.name,
+            params=params,
+            random_state=random_state if has_rs else None,
+            source=source_for(task, cls),
+            bank=standards_for(task, bank_rows),
+            items=items,
+            unlabelled=X_test if cls.tags.transductive else None,
+            share=bool(getattr(info, "builtin", False)) and not cls.tags.uses_target_calibration,
+        )
+        group = None if cls.tags.uses_target_calibration else (task.name, task.card.sha256, unit.data_dir, k)
+        jobs.append(PackageJob(pkg, X_test, task, records, unit.results_dir, group))
+    return jobs
 
 
-# --- parallel execution ---------------------------------------------------------------
+def finish_record(job: PackageJob, index: int, outcome: dict[str, Any]) -> dict[str, Any]:
+    """The record of item ``index`` from its worker outcome: predictions validated and scored
+    here, in the parent, against the test values the worker never had."""
+    from ctbench.metrics import evaluate
 
-_QUEUE = None
+    task = job.task
+    record = dict(job.records[index])
+    timings = {"load_s": record.pop("_load_s", 0.0), **outcome.get("timings", {})}
+    record["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record["isolation"] = outcome.get("isolation")
+    if outcome["status"] != "ok":
+        record.update(status="failed", error=outcome["error"], metrics=None, timings=timings)
+        return record
+    try:
+        y = task.y[task.test_rows]
+        pred = _check_predictions(outcome["pred"], task.test_rows.size, len(task.properties), record["method"]["name"])
+        record.update(status="ok", metrics=evaluate(y, pred, task.properties))
+        record["residuals"] = _residuals(task, pred)
+        if outcome.get("interval") is not None:
+            lo, hi = outcome["interval"]
+            record["metrics"]["intervals"] = interval_metrics(y, lo, hi, task.properties)
+        if outcome.get("chosen") is not None:
+            record["chosen"] = outcome["chosen"]
+        if outcome.get("extras") is not None:
+            record["extras"] = outcome["extras"]
+    except Exception as exc:
+        record.update(status="failed", error=error_info(exc, "transfer/predict"), metrics=None)
+        record.pop("residuals", None)
+    record["timings"] = timings
+    return record
 
 
-def _one_thread_now() -> Callable[[], None]:
-    """One BLAS / OpenMP / torch thread from now on, in a worker or in this process alike;
-    returns the function that restores the previous settings.
+# --- execution -------------------------------------------------------------------------
 
-    --jobs processes share the cores, and a method's numbers must not depend on --jobs: torch's
-    reductions (hence a trained network) differ with its thread count. ``OMP_NUM_THREADS`` is
-    read by torch when a method first imports it; a torch already imported is set directly.
-    """
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """One BLAS / OpenMP / torch thread for the duration of a block (in-process method calls:
+    the report's refits, the deep bench), as in the isolated workers: torch's reductions (hence
+    a trained network) differ with its thread count."""
     import os
 
     try:
@@ -442,8 +423,9 @@ def _one_thread_now() -> Callable[[], None]:
     if torch is not None:
         torch.set_num_threads(1)
     limits = threadpool_limits(1) if threadpool_limits is not None else None
-
-    def restore() -> None:
+    try:
+        yield
+    finally:
         if limits is not None:
             limits.restore_original_limits()
         if old_torch is not None:
@@ -453,70 +435,47 @@ def _one_thread_now() -> Callable[[], None]:
         else:
             os.environ["OMP_NUM_THREADS"] = old_env
 
-    return restore
+
+def plan_packages(plan: Plan) -> list[PackageJob]:
+    """Every package of the plan: first one built-in package per source (its source PLS fit is
+    then shared with the others of that source), then the rest; largest first within each."""
+    jobs = sorted((job for unit in plan.units for job in unit_packages(unit)), key=lambda j: -len(j.package.items))
+    leaders: dict[Any, PackageJob] = {}
+    for job in jobs:
+        if job.group is not None and job.package.share and job.group not in leaders:
+            leaders[job.group] = job
+    first = list(leaders.values())
+    chosen = {id(j) for j in first}
+    return first + [j for j in jobs if id(j) not in chosen]
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """``_one_thread_now`` for the duration of a block."""
-    restore = _one_thread_now()
-    try:
-        yield
-    finally:
-        restore()
+def execute(plan: Plan, jobs: int, on_record: Callable[[str, str], None], timeout: float | None = None,
+            data_dir: str | None = None) -> list[tuple[str, str]]:
+    """Run every package of the plan in isolated workers, ``jobs`` at a time; every method call
+    gets at most ``timeout`` seconds. The parent scores and writes each record, then calls
+    ``on_record(status, path)``. Ctrl-C / SIGTERM stop every worker and raise KeyboardInterrupt
+    (records written so far are kept)."""
+    from ctbench.executor import run_packages, sandbox_rules
 
-
-def _worker_init(queue: Any) -> None:
-    global _QUEUE
-    _QUEUE = queue
-    _one_thread_now()  # for the worker's whole life
-
-
-def _worker_run(unit: WorkUnit) -> list[tuple[str, str]]:
-    def progress(record: dict, path: str) -> None:
-        _QUEUE.put((record["status"], path))
-
-    return run_unit(unit, progress)
-
-
-def execute(plan: Plan, jobs: int, on_record: Callable[[str, str], None]) -> list[tuple[str, str]]:
-    """Run every unit of the plan (in ``jobs`` processes); ``on_record(status, path)`` per record."""
+    packages = plan_packages(plan)
+    if not packages:
+        return []
+    results_dirs = sorted({job.results_dir for job in packages})
+    data_dirs = sorted({u.data_dir for u in plan.units if u.data_dir} | ({data_dir} if data_dir else set()))
+    # files a method's parameters name (a checkpoint, say) are readable, unless they are hidden
+    readable = [v for job in packages for v in job.package.params.values() if isinstance(v, str) and os.path.exists(v)]
+    rules = sandbox_rules(results_dirs[0], data_dirs[0] if data_dirs else None,
+                          extra=results_dirs[1:] + data_dirs[1:], readable=readable)
     results: list[tuple[str, str]] = []
-    if jobs <= 1 or len(plan.units) <= 1:
-        # as in the workers (the matrices of a calibration-transfer run are small: threads only contend)
-        with _one_thread():
-            for unit in plan.units:
-                results += run_unit(unit, lambda rec, path: on_record(rec["status"], path))
-        return results
-    import multiprocessing as mp
-    import queue as queue_mod
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    stores = {d: Store(d) for d in results_dirs}
 
-    ctx = mp.get_context("fork") if sys.platform.startswith("linux") else mp.get_context()
-    q = ctx.Queue()
-    units = sorted(plan.units, key=lambda u: -len(u.items))
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(q,)) as pool:
-        pending = {pool.submit(_worker_run, u) for u in units}
+    def on_outcome(j: int, index: int, outcome: dict[str, Any]) -> None:
+        job = packages[j]
+        record = finish_record(job, index, outcome)
+        path = stores[job.results_dir].write(record)
+        results.append((record["status"], str(path)))
+        on_record(record["status"], str(path))
 
-        received = 0
-
-        def drain(timeout: float) -> None:
-            nonlocal received
-            while True:
-                try:
-                    status, path = q.get(timeout=timeout)
-                except queue_mod.Empty:
-                    return
-                received += 1
-                on_record(status, path)
-                timeout = 0.001
-
-        while pending:
-            drain(0.05)
-            finished, pending = wait(pending, timeout=0, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                results += fut.result()
-        deadline = time.monotonic() + 10.0
-        while received < len(results) and time.monotonic() < deadline:
-            drain(0.1)
+    run_packages([(job.package, job.X_predict) for job in packages], jobs, timeout, rules, on_outcome,
+                 groups=[job.group for job in packages])
     return results

@@ -37,6 +37,7 @@ import numpy as np
 
 from ctbench.runner import MethodSpec, PlanError, _check_predictions, _readonly, check_shots, resolved_params, standards_for
 from ctbench.splits import stable_seed, validation_splits
+from ctbench.timeouts import MethodTimeout, defer_timeouts, time_limit
 
 TUNED_DIR = "tuned"
 STUDY_DB = "optuna.db"
@@ -117,6 +118,9 @@ class TuneConfig:
     storage: str | None = None
     study: str | None = None
     timeout: float | None = None
+    """Start no new trial after this many seconds (``--timeout``; running trials finish)."""
+    trial_timeout: float | None = None
+    """A trial whose method calls run longer than this many seconds fails (``--trial-timeout``)."""
     pruner: str = "median"
     max_failures: int = 5
     invocation: str = ""
@@ -320,10 +324,17 @@ def open_storage(url: str) -> Any:
 
             last = exc
             transient = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError, optuna.exceptions.StorageInternalError)
-            if not isinstance(exc, transient):
+            # PostgreSQL: another worker created the tables of a fresh database at the same moment
+            raced = isinstance(exc, sqlalchemy.exc.ProgrammingError) and "already exists" in str(exc)
+            if not (isinstance(exc, transient) or raced):
                 break  # a bad URL or a missing driver: retrying will not help
             time.sleep(0.2 * (attempt + 1))
-    raise TuningError(f"cannot open the study storage {masked_url(url)}: {type(last).__name__}: {str(last).splitlines()[0] if last else ''}")
+    hint = ""
+    if isinstance(last, ImportError) and url.startswith("postgres"):
+        hint = " (install the PostgreSQL drivers: pip install 'ctbench[cluster]')"
+    raise TuningError(
+        f"cannot open the study storage {masked_url(url)}: {type(last).__name__}: {str(last).splitlines()[0] if last else ''}{hint}"
+    )
 
 
 def _sqlite_engine_kwargs(url: str) -> dict[str, Any]:
@@ -616,10 +627,18 @@ def run_worker(
             raise _Surplus()
         params = objective.params_from(trial)  # a broken search space stops the worker
         trial.set_user_attr(A_PARAMS, params)
+        report = pruning_reporter(trial) if cls.tags.iterative else None
+        if report is not None and cfg.trial_timeout:
+            report = _storage_safe(report)
         try:
-            value, per_split = objective.score(params, pruning_reporter(trial) if cls.tags.iterative else None)
+            # --trial-timeout: armed here, in the process (main thread) that runs the method
+            with time_limit(cfg.trial_timeout, "the trial's method calls"):
+                value, per_split = objective.score(params, report)
         except optuna.TrialPruned:
             raise
+        except MethodTimeout as exc:
+            trial.set_user_attr(A_ERROR, f"timed out: {exc} (--trial-timeout)"[:500])
+            raise _MethodFailed() from exc
         except Exception as exc:
             trial.set_user_attr(A_ERROR, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500])
             raise _MethodFailed() from exc
@@ -670,6 +689,17 @@ def run_worker(
                 f"{consecutive} trials in a row failed (last: {result.last_error}); fix the method or its search space"
             )
     return result
+
+
+def _storage_safe(report: Callable[[float, int], None]) -> Callable[[float, int], None]:
+    """A pruning reporter that a trial's time limit never cuts half-way through its write to the
+    study's storage (the limit is raised when the write is done)."""
+
+    def safe(value: float, step: int) -> None:
+        with defer_timeouts():
+            report(value, step)
+
+    return safe
 
 
 def _die_with_parent(parent_pid: int | None) -> None:
@@ -1067,6 +1097,8 @@ def tune(
         raise TuningError("--jobs must be at least 1")
     if cfg.timeout is not None and cfg.timeout <= 0:
         raise TuningError("--timeout must be a positive number of seconds")
+    if cfg.trial_timeout is not None and cfg.trial_timeout <= 0:
+        raise TuningError("--trial-timeout must be a positive number of seconds")
     _pruner(cfg.pruner)
     if not cfg.invocation:
         cfg.invocation = uuid.uuid4().hex[:12]

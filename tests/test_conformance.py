@@ -64,7 +64,8 @@ def test_registered_method_conforms(name: str, quick: bool, request: pytest.Fixt
         request.getfixturevalue("one_torch_thread")
     cls = load_methods()[name].cls
     params = {k: v for k, v in FAST_PARAMS.get(name, {}).items() if k in cls._param_names()} if quick else None
-    report = assert_conforms(name, quick=quick, params=params)
+    # default-parameter networks (slow suite) fit for minutes on a shared CPU: no per-check budget there
+    report = assert_conforms(name, quick=quick, params=params, timeout=None if name in HEAVY and not quick else 120)
     assert report["declares_contract"].status == "passed"
     assert report["finite_predictions"].status == "passed"
     if cls.tags.reference:
@@ -310,9 +311,9 @@ BROKEN = [
     (Unpicklable, {"pickle_roundtrip": "pickling"}),
     (BadSearchSpace, {"search_space": "unknown parameter(s) alpha"}),
     (BadTags, {"tags_consistent": "transform_target", "zero_shot": "0 standards"}),
-    (Useless, {"beats_calibration_mean": "calibration mean"}),
+    (Useless, {"beats_calibration_mean": "calibration mean", "multi_target": "fails on a task with one property"}),
     (SilentIterative, {"reports_intermediate": "never called report_intermediate"}),
-    (NaNPredictions, {"finite_predictions": "1 of 48 predictions are NaN or inf"}),
+    (NaNPredictions, {"finite_predictions": "1 of 48 predictions are NaN or inf", "multi_target": "one property"}),
 ]
 
 

@@ -51,11 +51,8 @@ class Exploding(TransferMethod):
         return np.tile(self.mean_, (len(X), 1))
 
 
-SEEN: list = []
-
-
 class Probe(TransferMethod):
-    """Records every array it is given."""
+    """Returns every array it is given in its record's extras (it runs in a worker process)."""
 
     name = "probe"
     tags = Tags(min_shots=0, zero_shot=True)
@@ -64,18 +61,21 @@ class Probe(TransferMethod):
         self.random_state = random_state
 
     def fit(self, source):
-        SEEN.append(("fit", np.array(source.X), np.array(source.y)))
+        self.fit_seen_ = [np.array(source.X).tolist(), np.array(source.y).tolist()]
         self.k_ = source.y.shape[1]
         return self
 
     def transfer(self, standards, unlabelled=None):
-        SEEN.append(("transfer", np.array(standards.X_source), np.array(standards.X_target), np.array(standards.y)))
+        self.transfer_seen_ = [np.array(a).tolist() for a in (standards.X_source, standards.X_target, standards.y)]
         assert unlabelled is None
         return self
 
     def predict(self, X):
-        SEEN.append(("predict", np.array(X)))
+        self.predict_seen_ = np.array(X).tolist()
         return np.zeros((len(X), self.k_))
+
+    def record_extras(self):
+        return {"fit": self.fit_seen_, "transfer": self.transfer_seen_, "predict": self.predict_seen_}
 
 
 def test_demo_run_and_leaderboard(tmp_path):
@@ -145,34 +145,33 @@ def test_protocol_method_never_sees_test_values_or_other_target_spectra(tmp_path
     from ctbench.tasks import build_task
 
     extra_methods(Probe)
-    SEEN.clear()
     res = invoke("run", "-m", "probe", "-t", "synthetic_a_b", "--shots", "0,5", "--reps", "2",
                  "--results-dir", str(tmp_path), "--no-mlflow")
     assert res.exit_code == 0, res.output
     task = build_task(load_card("synthetic_a_b"))
-    transfers = [s for s in SEEN if s[0] == "transfer"]
-    assert len(transfers) == 4
-    # the runner fits once per outer split, then runs that split's (N, rep) items
-    order = [(0, 0), (5, 0), (0, 1), (5, 1)]
-    for (n, rep), (_, Xs, Xt, y) in zip(order, transfers):
+    recs = {(r["n_shots"], r["rep"]): r for r in records(tmp_path)}
+    assert set(recs) == {(0, 0), (5, 0), (0, 1), (5, 1)}
+    for (n, rep), rec in recs.items():
+        seen = {k: [np.array(a) for a in v] if k != "predict" else np.array(v) for k, v in rec["extras"].items()}
         split = make_split(task, n, rep)
         view = task.outer(split.outer)
         # the standards' target spectra and values, nothing else from the target instrument
-        assert np.array_equal(Xt, task.X_target[split.standard_rows])
-        assert np.array_equal(Xs, task.X_source[split.standard_rows])
-        assert np.array_equal(y, task.y[split.standard_rows])
-        assert not set(split.standard_rows.tolist()) & set(view.test_rows.tolist())
-    fits = [a for kind, *a in SEEN if kind == "fit"]
-    predicts = [a for kind, *a in SEEN if kind == "predict"]
-    assert len(fits) == 2 and len(predicts) == 4
-    for k, (X, y) in enumerate(fits):
-        view = task.outer(k)
-        assert np.array_equal(X, task.X_source[view.pool_rows])  # source spectra of the outer pool only
+        Xs, Xt, y = seen["transfer"]
+        rows = split.standard_rows
+        assert Xt.size == len(rows) * task.X_target.shape[1] and y.size == len(rows) * task.y.shape[1]
+        if len(rows):
+            assert np.array_equal(Xt, task.X_target[rows])
+            assert np.array_equal(Xs, task.X_source[rows])
+            assert np.array_equal(y, task.y[rows])
+        assert not set(rows.tolist()) & set(view.test_rows.tolist())
+        # fit: source spectra and values of the outer pool only
+        X, y = seen["fit"]
+        assert np.array_equal(X, task.X_source[view.pool_rows])
         assert np.array_equal(y, task.y[view.pool_rows])
         test_y = task.y[view.test_rows]
         assert not any(np.allclose(row, t) for row in y for t in test_y)
-    for (n, rep), (X,) in zip(order, predicts):
-        assert np.array_equal(X, task.X_target[task.outer(rep % 5).test_rows])
+        # predict: the outer split's test spectra
+        assert np.array_equal(seen["predict"], task.X_target[view.test_rows])
 
 
 def test_bad_input_errors(tmp_path, mirror):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -106,6 +107,24 @@ def test_example_method_appears_runs_and_conforms(installed: dict[str, Path], tm
     res = ctbench(target, "check", "mean_offset", cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "0 failed" in res.stdout and "beats_calibration_mean" in res.stdout
+
+
+def test_example_package_own_tests_pass_against_the_installed_package(installed: dict[str, Path], tmp_path: Path) -> None:
+    """The example's tests (parametrize_with_checks over the kit) run, outside this project,
+    against the package installed in its target folder (not its source tree)."""
+    tests = tmp_path / "example-tests"
+    shutil.copytree(EXAMPLE / "tests", tests, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(installed["example"])] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(tmp_path / "pytest.ini"),
+                          "--rootdir", str(tmp_path), str(tests)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert re.search(r"\b\d+ passed, \d+ skipped\b", res.stdout) and "failed" not in res.stdout, res.stdout
+    res = subprocess.run([sys.executable, "-c", "import ctbench_example_method as m; print(m.__file__)"], env=env,
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert res.stdout.startswith(str(installed["example"])), res.stdout + res.stderr
 
 
 def test_broken_plugin_is_reported_and_harmless(installed: dict[str, Path], tmp_path: Path) -> None:

@@ -18,56 +18,104 @@ def register(app: typer.Typer) -> None:
     app.add_typer(tasks_app, name="tasks")
 
 
+def _method_row(name: str, info) -> dict:
+    cls = info.cls
+    t = cls.tags
+    flags = [f for f, on in (("zero-shot", t.zero_shot), ("transductive", t.transductive),
+                             ("reference", t.reference), ("corrects spectra", t.corrects_spectra),
+                             ("tunable", cls.has_search_space()), ("pretrains", cls.has_pretrain())) if on]
+    doc = cls.description or ((cls.__doc__ or "").strip().splitlines() or [""])[0]
+    return {"name": name, "version": cls.version, "plugin": info.plugin,
+            "qualified": getattr(info, "qualified", "") or f"{info.plugin}:{cls.name}",
+            "method": cls.name, "class": f"{cls.__module__}.{cls.__qualname__}",
+            "distribution": getattr(info, "distribution", ""),
+            "distribution_version": getattr(info, "distribution_version", ""),
+            "builtin": bool(getattr(info, "builtin", False)),
+            "min_shots": t.min_shots, "flags": flags, "description": doc}
+
+
+def _echo_problems(lines: list[str]) -> None:
+    for line in lines:
+        typer.echo(line, err=True)
+
+
 def methods(fmt: str = typer.Option("table", "--format", "-f", help="table or json.")) -> None:
-    """Registered transfer methods (from every installed plugin)."""
-    from ctbench.plugins import get_registry, load_methods
+    """Registered transfer methods (from every installed plugin); plugin problems on stderr.
+
+    A name registered by two plugins is never resolved silently: a built-in keeps the plain
+    name and the other is listed as PLUGIN:METHOD; two third parties both get PLUGIN:METHOD.
+    PLUGIN:METHOD is accepted everywhere a method name is. $CTBENCH_DISABLE_PLUGINS=a,b
+    switches plugins off."""
+    from ctbench.plugins import load_all, load_methods, problem_lines
 
     infos = load_methods()
-    rows = []
+    load_all()
+    rows, bad = [], []
     for name, info in infos.items():
-        t = info.cls.tags
-        flags = [f for f, on in (("zero-shot", t.zero_shot), ("transductive", t.transductive),
-                                 ("reference", t.reference), ("corrects spectra", t.corrects_spectra),
-                                 ("tunable", info.cls.has_search_space()), ("pretrains", info.cls.has_pretrain())) if on]
-        rows.append({"name": name, "version": info.cls.version, "plugin": info.plugin, "min_shots": t.min_shots,
-                     "flags": flags, "description": (info.cls.description or (info.cls.__doc__ or "").strip().splitlines()[0] if (info.cls.description or info.cls.__doc__) else "")})
+        try:
+            rows.append(_method_row(name, info))
+        except Exception as exc:  # never let one odd class break the listing
+            bad.append(f"error: method {name!r} ({info.plugin}) cannot be listed: {type(exc).__name__}: {exc}")
     if fmt == "json":
         import json
 
         typer.echo(json.dumps(rows, indent=1))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"{len(rows)} methods")
+        for h in ("name", "version", "plugin", "distribution", "min shots", "flags", "description"):
+            table.add_column(h)
+        for r in rows:
+            dist = "built-in" if r["builtin"] else f"{r['distribution']} {r['distribution_version']}".strip()
+            table.add_row(r["name"], r["version"], r["plugin"], dist, str(r["min_shots"]), ", ".join(r["flags"]),
+                          r["description"])
+        Console().print(table)
+    _echo_problems(problem_lines() + bad)
+
+
+def plugins(fmt: str = typer.Option("table", "--format", "-f", help="table or json.")) -> None:
+    """Installed plugins of the `ctbench` entry-point group: status, distribution, what each provides,
+    errors and warnings. $CTBENCH_DISABLE_PLUGINS=a,b switches plugins off (not imported)."""
+    from ctbench.plugins import DISABLE_ENV, load_all
+
+    reg = load_all()
+    if fmt == "json":
+        import json
+
+        typer.echo(json.dumps({"plugins": [
+            {"name": s.name, "entry_point": s.entry_point, "module": s.module, "distribution": s.distribution,
+             "version": s.version, "builtin": s.builtin, "status": s.state, "provides": s.provides,
+             "errors": s.errors, "warnings": s.warnings} for s in reg.plugins], "warnings": reg.warnings}, indent=1))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"{len(rows)} methods")
-    for h in ("name", "version", "plugin", "min shots", "flags", "description"):
-        table.add_column(h)
-    for r in rows:
-        table.add_row(r["name"], r["version"], r["plugin"], str(r["min_shots"]), ", ".join(r["flags"]), r["description"])
-    Console().print(table)
-    broken = [s for s in get_registry().plugins if not s.ok]
-    for s in broken:
-        typer.echo(f"warning: plugin {s.name!r} ({s.module}) failed to load: {s.error}", err=True)
-
-
-def plugins() -> None:
-    """Installed plugins of the `ctbench` entry-point group, with load errors."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from ctbench.plugins import get_registry, load_corpora, load_loaders, load_methods
-
-    load_methods(), load_loaders(), load_corpora()
+    colour = {"ok": "green", "warnings": "yellow", "errors": "red", "failed": "red", "disabled": "dim"}
     table = Table(title="plugins (entry-point group 'ctbench')")
-    for h in ("name", "module", "distribution", "status", "provides / error"):
+    for h in ("name", "module", "distribution", "status", "provides / problems"):
         table.add_column(h)
-    for s in get_registry().plugins:
-        status = "[green]ok[/]" if s.ok else "[red]failed[/]"
-        detail = ", ".join(s.provides) if s.ok else s.error
-        if s.ok and s.error:
-            detail += f" [yellow]({s.error})[/]"
-        table.add_row(s.name, s.module, f"{s.distribution} {s.version}", status, detail)
-    Console().print(table)
+    for s in reg.plugins:
+        dist = f"{s.distribution} {s.version}".strip() or "?"
+        if s.builtin:
+            dist += " (built-in)"
+        lines = []
+        if s.disabled:
+            lines.append(f"[dim]switched off by {DISABLE_ENV}" + (": a built-in plugin, its methods are unavailable"
+                                                               if s.builtin else "") + "[/]")
+        elif not s.ok:
+            lines.append(f"[red]{escape(s.error)}[/]")
+        else:
+            lines.append(escape(", ".join(s.provides)) or "[dim](nothing)[/]")
+            lines += [f"[red]error: {escape(e)}[/]" for e in s.errors]
+        lines += [f"[yellow]warning: {escape(w)}[/]" for w in s.warnings]
+        table.add_row(s.name, s.module, dist, f"[{colour[s.state]}]{s.state}[/]", "\n".join(lines))
+    console = Console()
+    console.print(table)
+    for w in reg.warnings:
+        console.print(f"[yellow]warning: {escape(w)}[/]")
 
 
 def tasks_list(ctx: typer.Context) -> None:

@@ -28,7 +28,7 @@ def leaderboard(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file instead of the terminal."),
 ) -> None:
     """Relative RMSEP with 95 % intervals and tie groups per (task, N), reference rows included."""
-    from ctbench.leaderboard import build_leaderboard, format_rows, missing_full_recalibration, rich_table
+    from ctbench.leaderboard import build_leaderboard, format_rows, missing_full_recalibration, mixed_code, rich_table
     from ctbench.store import Store
 
     if fmt not in ("table", "md", "csv", "json"):
@@ -47,6 +47,8 @@ def leaderboard(
                                  task_version=task_version, method_version=method_version)
     if not rows:
         fail("no records match the filters")
+    for note in mixed_code(records):
+        typer.echo(f"warning: {note}", err=True)
     for t in missing_full_recalibration(rows):
         typer.echo(f"warning: task {t!r} has no full_recalibration records: no relative RMSEP, intervals or tie groups "
                    f"(run `ctbench run -m full_recalibration -t {t}` with the same --reps)", err=True)

@@ -37,6 +37,9 @@ def run(
     param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Method parameter key=value (repeatable)."),
     params: Optional[str] = typer.Option(None, "--params", help="'tuned' to use parameters saved by `ctbench tune`."),
     force: bool = typer.Option(False, "--force", help="Redo runs the store already holds."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds each method call (fit, each transfer, each predict) may take; past it the record fails and the sweep goes on."),
+    executor: str = typer.Option("local", "--executor", help="Where packages run: 'local' (--jobs processes here) or 'dask' (a Dask cluster; see docs/cluster.md)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address tcp://HOST:PORT (or scheduler file) for --executor dask; without it a local cluster of --jobs workers."),
 ) -> None:
     """Run methods on tasks and store one record per (method, task, N, rep)."""
     from ctbench.runner import MethodSpec, execute, plan_runs
@@ -53,6 +56,17 @@ def run(
             fail(f"--params takes 'tuned' or 'default', got {params!r}")
         if jobs < 1:
             fail("--jobs must be at least 1")
+        if timeout is not None and not timeout > 0:
+            fail("--timeout must be a positive number of seconds")
+        if executor not in ("local", "dask"):
+            fail(f"--executor takes 'local' or 'dask', got {executor!r}")
+        if scheduler is not None and executor != "dask":
+            fail("--scheduler needs --executor dask")
+        if executor == "dask":
+            from ctbench.dask_executor import dask_missing
+
+            if dask_missing():
+                fail(dask_missing())
         data = set_data_dir(data_dir)
         shot_list = int_list(shots, "--shots")
         tasks = split_list(task)
@@ -123,7 +137,25 @@ def run(
             new_records.append((rec, Path(path)))
             progress.update(bar, advance=1, description=f"{ident['method']} · {ident['task']} · N={ident['n_shots']}")
 
-        execute(plan, jobs, on_record)
+        try:
+            if executor == "dask":
+                from ctbench.dask_executor import ClusterError, execute_dask
+
+                try:
+                    execute_dask(plan, on_record, scheduler=scheduler, workers=jobs, timeout=timeout, data_dir=data)
+                except ClusterError as exc:
+                    progress.stop()
+                    fail(str(exc))
+            else:
+                execute(plan, jobs, on_record, timeout=timeout, data_dir=data)
+        except KeyboardInterrupt:
+            progress.stop()
+            done = statuses.get("ok", 0) + statuses.get("failed", 0)
+            console.print(
+                f"[yellow]interrupted:[/] workers stopped; {done} new record(s) kept in {results_dir / 'runs'} "
+                f"({plan.n_done} were there before); run the same command again to resume"
+            )
+            raise typer.Exit(130)
     if sink is not None and plan.done_records:
         mended = sink.sync(plan.done_records)
         if mended:

@@ -33,7 +33,16 @@ def tune(
         help="Study name (default: ctbench/{method}/{task}/N{n}); '/outer{k}' is appended on tasks with several outer splits.",
     ),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Worker processes on the study."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="Start no new trial after this many seconds (per outer split)."),
+    timeout: Optional[float] = typer.Option(
+        None, "--timeout", metavar="SECONDS",
+        help="Study budget, per outer split: start no new trial after this many seconds (a running trial finishes). "
+             "To stop a slow or hung trial, use --trial-timeout.",
+    ),
+    trial_timeout: Optional[float] = typer.Option(
+        None, "--trial-timeout", metavar="SECONDS",
+        help="Per-trial limit: a trial whose method calls (fit, transfer, predict on its validation splits) run longer "
+             "is stopped and recorded as a failed trial with the reason; the study goes on.",
+    ),
     pruner: str = typer.Option("median", "--pruner", help="'median' (MedianPruner, for iterative methods) or 'none'."),
     results_dir: Path = typer.Option(results_dir_default(), "--results-dir", help="Result folder (study, tuned/ parameters, MLflow)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset mirror folder (else $CTBENCH_DATA, cache, download)."),
@@ -68,7 +77,7 @@ def tune(
                 cfg = TuneConfig(
                     method=method, task=task, n_shots=shots, trials=trials, reps=reps, seed=seed, metric=metric,
                     results_dir=str(results_dir), data_dir=data, storage=storage, study=study, timeout=timeout,
-                    pruner=pruner, outer=k,
+                    trial_timeout=trial_timeout, pruner=pruner, outer=k,
                 )
                 label = "tuning" if len(splits) == 1 else f"tuning outer split {k}"
                 progress = Progress(

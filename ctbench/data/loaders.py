@@ -367,12 +367,22 @@ def load_raman(paths: list[Path], options: dict[str, Any]) -> Dataset:
 # --- generic loaders for a user's own files ---------------------------------------------
 
 
+_FILES_READ: set[str] = set()
+
+
+def files_read() -> list[str]:
+    """Every user data file (csv / mat loaders) read in this process: the isolated workers
+    cannot read these files' folders."""
+    return sorted(_FILES_READ)
+
+
 def _user_path(value: Any, base_dir: Any, loader: str, what: str) -> Path:
     path = Path(str(value)).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = Path(str(base_dir)).expanduser() / path
     if not path.is_file():
         raise DataError(f"dataset {loader!r}: {what} file not found: {path}")
+    _FILES_READ.add(str(path.resolve()))
     return path
 
 

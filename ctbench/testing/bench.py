@@ -93,6 +93,8 @@ class Run:
     """Input name -> the phase after which it was found modified (watched runs only)."""
     reports: list[tuple[float, int]] = field(default_factory=list)
     """report_intermediate calls seen during fit (watched runs only)."""
+    timed_out: str | None = None
+    """The phase a time limit stopped (the check's budget ran out there)."""
 
     @property
     def ok(self) -> bool:
@@ -109,21 +111,49 @@ def one_line(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-class Bench:
-    """A method class, its parameters for the kit, and the synthetic task's inputs and runs."""
+def single_target(cls: Any) -> bool:
+    """True for a class tagged ``multi_target=False``: whoever calls it gives it one property at a time."""
+    tags = getattr(cls, "tags", None)
+    return getattr(tags, "multi_target", True) is False
 
-    def __init__(self, cls: type, quick: bool = False, params: dict[str, Any] | None = None):
+
+class Bench:
+    """A method class, its parameters for the kit, and the synthetic task's inputs and runs.
+
+    A method tagged ``multi_target=False`` is run one property at a time: its bench sees the task
+    restricted to property ``prop`` (0 unless given), and the check ``multi_target`` runs the
+    others. ``overran`` names the check (and phase) that ran past its time budget: later protocol
+    runs are then skipped instead of hanging again.
+    """
+
+    def __init__(self, cls: type, quick: bool = False, params: dict[str, Any] | None = None,
+                 prop: int | None = None):
         self.cls = cls
         self.quick = quick
         self.params = dict(params or {})
+        self.prop = prop if prop is not None else (0 if single_target(cls) else None)
+        self.overran: str | None = None
+        self.stopped_in: str | None = None
+        """The phase of the last protocol run a time limit stopped."""
 
     # --- the task and its inputs ---
     @cached_property
-    def task(self) -> Any:
+    def full_task(self) -> Any:
+        """The kit's task with every property (what ``build_task`` returns and caches)."""
         from ctbench.cards import load_card
         from ctbench.tasks import build_task
 
         return build_task(load_card(KIT_TASK))
+
+    @cached_property
+    def task(self) -> Any:
+        """The task the method is run on: the full task, or one property of it (``prop``)."""
+        task = self.full_task
+        if self.prop is None:
+            return task
+        j = self.prop
+        # a view (basic slicing): the same memory as the full task's values
+        return dataclasses.replace(task, y=task.y[:, j:j + 1], properties=(task.properties[j],))
 
     @property
     def tags(self) -> Any:
@@ -219,6 +249,8 @@ class Bench:
                 if name not in run.mutated and not arrays_equal(live, snap):
                     run.mutated[name] = phase
 
+        if self.overran is not None:
+            raise Skip(f"not run: {self.overran} ran past its time budget")
         phase = "init"
         try:
             run.instance = self.new(**(params or {}))
@@ -255,6 +287,10 @@ class Bench:
                 look("predict")
         except Exception as exc:
             run.error = (phase, exc)
+            from ctbench.timeouts import MethodTimeout
+
+            if isinstance(exc, MethodTimeout):
+                run.timed_out = self.stopped_in = phase
         return run
 
     @cached_property
@@ -310,13 +346,13 @@ class Bench:
     @cached_property
     def no_transfer_rmsep(self) -> np.ndarray:
         """RMSEP per property of the registered ``no_transfer`` reference (source PLS model)."""
-        key = (self.task.name, self.task.version, self.task.card.sha256)
+        key = (self.task.name, self.task.version, self.task.card.sha256, self.prop)
         if key not in _NO_TRANSFER:
             _NO_TRANSFER[key] = rmsep(self.y_test, no_transfer_predictions(self))
         return _NO_TRANSFER[key]
 
 
-_NO_TRANSFER: dict[tuple[str, str, str], np.ndarray] = {}
+_NO_TRANSFER: dict[tuple[str, str, str, int | None], np.ndarray] = {}
 
 
 def no_transfer_predictions(bench: Bench) -> np.ndarray:
@@ -325,7 +361,7 @@ def no_transfer_predictions(bench: Bench) -> np.ndarray:
 
     info = load_methods().get("no_transfer")
     if info is not None:
-        other = Bench(info.cls)
+        other = Bench(info.cls, prop=bench.prop)
         run = other.main
         if run.ok:
             return other.predictions(run.method)

@@ -2,7 +2,9 @@
 
 API checks hold a method to the contract of ``ctbench.method`` (scikit-learn shaped parameters,
 fit/transfer return self, (n, k) predictions, read-only inputs left alone, pickling, deep
-copies, seeding, search space, tags); numerical checks run it on the synthetic task with the
+copies, seeding, search space, tags, one property at a time for multi_target=False); the
+protocol probe (:mod:`ctbench.testing.probe`) changes what a method must never see after fit
+and requires unchanged predictions; numerical checks run it on the synthetic task with the
 runner's protocol and ask for sane results.
 """
 
@@ -18,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ctbench.method import Tags, TransferMethod
-from ctbench.testing.bench import Bench, Fail, Skip, max_abs_diff, one_line, rmsep, same_predictions
+from ctbench.testing.bench import Bench, Fail, Skip, max_abs_diff, one_line, rmsep, same_predictions, single_target
 
 REFERENCE_NAMES = ("no_transfer", "target_only", "full_recalibration")
 
@@ -275,6 +277,101 @@ def inputs_not_mutated(b: Bench) -> str:
     if not run.ok:
         raise Skip(f"the run with writable inputs failed ({run.failure()})")
     return "source, standards" + (", unlabelled" if b.tags.transductive else "") + " and predict input unchanged"
+
+
+def _probe_pass(task: Any, fitted: Any, standards: Any, unlabelled: Any, X: np.ndarray, b: Bench) -> np.ndarray:
+    """transfer + predict from a deep copy of the fitted state. ``task``, the Task the inputs come
+    from, is a local of this frame (as it was in the in-process runner), so a method that walks
+    the stack looking for one finds it, with its hidden values changed."""
+    method = copy.deepcopy(fitted)
+    method.transfer(standards, unlabelled)
+    return b.predictions(method, X)
+
+
+@check("protocol_probe", "protocol")
+def protocol_probe(b: Bench) -> str:
+    """Hidden values (test values, the pool's target spectra but the standards') changed after fit leave predictions unchanged."""
+    from ctbench.testing.bench import arrays_equal
+    from ctbench.testing.probe import hidden_values_changed
+
+    run = b.require_main()
+    task = b.task
+    rows = b.split(b.n_shots, 0).standard_rows
+    standards, unlabelled, X = b.standards(), b.unlabelled(), b.x_test()
+
+    def again() -> np.ndarray:
+        try:
+            return _probe_pass(task, run.fitted, standards, unlabelled, X, b)
+        except Exception as exc:
+            raise Fail(f"transfer/predict from the fitted state raised {one_line(exc)}") from exc
+
+    before = again()
+    with hidden_values_changed(task, rows, also=(b.full_task,)) as changed:
+        try:
+            probed = _probe_pass(task, run.fitted, standards, unlabelled, X, b)
+        except Exception as exc:
+            raise Fail(
+                f"transfer/predict raised {one_line(exc)} once hidden values were changed: the method reads them"
+            ) from exc
+    what = (f"{changed.test_values} test values and {changed.pool_spectra} pool target spectra "
+            f"(not the {len(rows)} standards') changed in {changed.tasks} task cop{'y' if changed.tasks == 1 else 'ies'}")
+    if changed.unreachable:
+        what += f"; could not change {', '.join(changed.unreachable)}"
+    if arrays_equal(before, probed):
+        return f"predictions bit-identical after {what}"
+    noise = again()  # unchanged inputs again: is the method simply not reproducible?
+    if arrays_equal(before, noise):
+        raise Fail(
+            f"predictions changed (max |diff| {max_abs_diff(before, probed):.3g}) when hidden values were changed "
+            "after fit: the method reads test values or pool target spectra it is not given"
+        )
+    jitter = max_abs_diff(before, noise)
+    moved = max_abs_diff(before, probed)
+    if moved > 10 * jitter + 1e-12:
+        raise Fail(
+            f"predictions moved by {moved:.3g} when hidden values were changed after fit, {moved / jitter:.0f}x its "
+            f"run-to-run variation ({jitter:.3g}): the method reads test values or pool target spectra it is not given"
+        )
+    return (f"predictions within run-to-run variation ({moved:.3g} vs {jitter:.3g}; transfer is not bit-reproducible) "
+            f"after {what}")
+
+
+@check("multi_target")
+def multi_target(b: Bench) -> str:
+    """multi_target=False: run one property at a time, each works; multi_target=True: one property (k=1) works too."""
+    b.require_main()
+    if not single_target(b.cls):
+        if b.quick:
+            raise Skip("quick mode (needs a fit on one property); tagged multi_target")
+        one = Bench(b.cls, quick=b.quick, params=b.params, prop=0)
+        one.overran = b.overran
+        run = one.main
+        if not run.ok:
+            raise Fail(f"tagged multi_target but fails on a task with one property: {run.failure()}")
+        try:
+            _shape_and_finite(one, run.pred, one.task.test_rows.size, f"{one.task.properties[0]} alone")
+        except Fail as exc:
+            raise Fail(f"tagged multi_target but fails on a task with one property: {exc}") from None
+        return f"{b.n_properties} properties at once, and one ({one.task.properties[0]}) alone"
+    names = b.full_task.properties
+    errors = []
+    parts = []
+    for j, prop in enumerate(names):
+        sub = b if j == b.prop else Bench(b.cls, quick=b.quick, params=b.params, prop=j)
+        sub.overran = b.overran
+        run = sub.main
+        if not run.ok:
+            errors.append(f"property {prop!r} alone: {run.failure()}")
+            continue
+        try:
+            _shape_and_finite(sub, run.pred, sub.task.test_rows.size, f"property {prop!r} alone")
+        except Fail as exc:
+            errors.append(str(exc))
+            continue
+        parts.append(f"{prop} {rmsep(sub.y_test, sub.predictions(run.method))[0]:.4g}")
+    if errors:
+        raise Fail("; ".join(errors))
+    return f"{len(names)} properties, one at a time: RMSEP {', '.join(parts)}"
 
 
 @check("pickle_roundtrip")
