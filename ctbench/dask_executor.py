@@ -37,7 +37,6 @@ dies with the fork server.
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import uuid
 from typing import Any, Callable
@@ -90,7 +89,7 @@ def _start_forkserver() -> None:
     from ctbench import executor
 
     ctx = executor._context()  # the fork server's preload (and its start, in a main thread)
-    if ctx.get_start_method() != "forkserver":
+    if ctx.get_start_method() != "forkserver" or threading.current_thread() is threading.main_thread():
         return
     with _FORKSERVER_LOCK:
         if _FORKSERVER_THREAD is not None and _FORKSERVER_THREAD.is_alive():
@@ -98,11 +97,8 @@ def _start_forkserver() -> None:
         started = threading.Event()
 
         def hold() -> None:
-            from multiprocessing import forkserver
-
             try:
-                with executor._LOCK, executor._no_main():
-                    forkserver.ensure_running()
+                executor.ensure_forkserver()
             finally:
                 started.set()
             threading.Event().wait()
@@ -263,89 +259,15 @@ def execute_dask(plan: Any, on_record: Callable[[str, str], None], scheduler: st
     their own data folders, the client's are not theirs. Returns [(status, path)] of the records
     written; Ctrl-C / SIGTERM cancel the sweep and raise KeyboardInterrupt (records written so
     far are kept); a cluster that cannot run it raises ClusterError."""
-    from ctbench.runner import finish_record, plan_packages
-    from ctbench.store import Store
+    from ctbench.executor import sigterm_as_interrupt
 
     if plan.n_todo == 0:
         return []
     client, cluster = connect(scheduler, workers)
-    results: list[tuple[str, str]] = []
     futures: dict[Any, int] = {}
-    old_term = None
-    if threading.current_thread() is threading.main_thread():
-        def on_term(signum: int, frame: Any) -> None:
-            raise KeyboardInterrupt()
-
-        old_term = signal.signal(signal.SIGTERM, on_term)
     try:
-        import warnings
-        from concurrent.futures import CancelledError
-
-        from distributed import as_completed
-        from distributed.scheduler import KilledWorker
-
-        packages = plan_packages(plan)
-        readable = tuple(sorted({v for job in packages for v in job.package.params.values()
-                                 if isinstance(v, str) and os.path.exists(v)}))
-        sweep = uuid.uuid4().hex[:12]
-        queue = iter(range(len(packages)))
-        arrived = as_completed()
-
-        def submit_more() -> None:
-            """Keep about two packages per worker thread on the cluster (the scheduler holds a
-            package's data while it waits), more as workers join."""
-            window = max(2, 2 * sum(client.nthreads().values()))
-            while len(futures) < window:
-                j = next(queue, None)
-                if j is None:
-                    return
-                job = packages[j]
-                code = next(iter(job.records.values()))["method"]["code_sha256"]
-                with warnings.catch_warnings():  # a package carries its data: "large graph" is expected
-                    warnings.filterwarnings("ignore", message="Sending large graph")
-                    fut = client.submit(run_remote, job.package, job.X_predict, timeout, readable, code,
-                                        key=f"ctbench-package-{sweep}-{j:05d}", retries=TASK_RETRIES)
-                futures[fut] = j
-                arrived.add(fut)
-
-        submit_more()
-        written: set[str] = set()
-        for fut in arrived:
-            job = packages[futures.pop(fut)]
-            outcomes: dict[int, dict[str, Any]] = {}
-            facts: dict[str, Any] | None = None
-            fallback = None
-            try:
-                answer = fut.result()
-                outcomes, facts = answer["outcomes"], answer["worker"]
-            except KilledWorker as exc:
-                last = getattr(getattr(exc, "last_worker", None), "address", "?")
-                fallback = _failure("WorkerDied", f"every Dask worker that ran this package died while running it "
-                                                  f"({getattr(exc, 'allowed_failures', 0) + 1} time(s), the last {last}); "
-                                                  f"given up after distributed.scheduler.allowed-failures; see the workers' logs")
-            except CancelledError as exc:  # the scheduler lost, or the sweep's tasks cancelled by someone else
-                why = (str(exc).splitlines() or [type(exc).__name__])[0]
-                raise ClusterError(f"the Dask cluster dropped a package ({why}); {len(results)} new record(s) kept; "
-                                   f"run the same command again to resume") from None
-            except Exception as exc:  # the executor failed on the worker (not the method): say so
-                fallback = _failure("ExecutorError", f"running the package on the Dask cluster failed: "
-                                                     f"{type(exc).__name__}: {str(exc)[:1000]}")
-            fut.release()
-            for item in job.package.items:
-                outcome = outcomes.get(item.index) or fallback or _failure(
-                    "ExecutorError", "the Dask worker returned no outcome for this item")
-                record = finish_record(job, item.index, outcome)
-                if record["key"] in written:  # cannot happen (one result per package); never write twice
-                    continue
-                if facts is not None:
-                    record["environment"] = facts["environment"]
-                    record["executor"] = {"kind": "dask", "host": facts["host"], "worker": facts["address"]}
-                path = Store(job.results_dir).write(record)
-                written.add(record["key"])
-                results.append((record["status"], str(path)))
-                on_record(record["status"], str(path))
-            submit_more()
-        return results
+        with sigterm_as_interrupt():
+            return _sweep(client, plan, on_record, timeout, futures)
     except BaseException:
         if futures:
             try:
@@ -354,8 +276,6 @@ def execute_dask(plan: Any, on_record: Callable[[str, str], None], scheduler: st
                 pass
         raise
     finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
         try:
             client.close(timeout=10)
         except Exception:
@@ -365,3 +285,81 @@ def execute_dask(plan: Any, on_record: Callable[[str, str], None], scheduler: st
                 cluster.close(timeout=10)
             except Exception:
                 pass
+
+
+def _sweep(client: Any, plan: Any, on_record: Callable[[str, str], None], timeout: float | None,
+           futures: dict[Any, int]) -> list[tuple[str, str]]:
+    """Submit the plan's packages (a window at a time) and write each record as its package
+    returns; ``futures`` holds those in flight (the caller cancels them on an error)."""
+    import warnings
+    from concurrent.futures import CancelledError
+
+    from distributed import as_completed
+    from distributed.scheduler import KilledWorker
+
+    from ctbench.runner import finish_record, plan_packages, readable_files
+    from ctbench.store import Store
+
+    results: list[tuple[str, str]] = []
+    stores: dict[str, Store] = {}
+    packages = plan_packages(plan)
+    readable = tuple(readable_files(packages))
+    sweep = uuid.uuid4().hex[:12]
+    queue = iter(range(len(packages)))
+    arrived = as_completed()
+
+    def submit_more() -> None:
+        """Keep about two packages per worker thread on the cluster (the scheduler holds a
+        package's data while it waits), more as workers join."""
+        window = max(2, 2 * sum(client.nthreads().values()))
+        while len(futures) < window:
+            j = next(queue, None)
+            if j is None:
+                return
+            job = packages[j]
+            code = next(iter(job.records.values()))["method"]["code_sha256"]
+            with warnings.catch_warnings():  # a package carries its data: "large graph" is expected
+                warnings.filterwarnings("ignore", message="Sending large graph")
+                fut = client.submit(run_remote, job.package, job.X_predict, timeout, readable, code,
+                                    key=f"ctbench-package-{sweep}-{j:05d}", retries=TASK_RETRIES)
+            futures[fut] = j
+            arrived.add(fut)
+
+    submit_more()
+    written: set[str] = set()
+    for fut in arrived:
+        job = packages[futures.pop(fut)]
+        outcomes: dict[int, dict[str, Any]] = {}
+        facts: dict[str, Any] | None = None
+        fallback = None
+        try:
+            answer = fut.result()
+            outcomes, facts = answer["outcomes"], answer["worker"]
+        except KilledWorker as exc:
+            last = getattr(getattr(exc, "last_worker", None), "address", "?")
+            fallback = _failure("WorkerDied", f"every Dask worker that ran this package died while running it "
+                                              f"({getattr(exc, 'allowed_failures', 0) + 1} time(s), the last {last}); "
+                                              f"given up after distributed.scheduler.allowed-failures; see the workers' logs")
+        except CancelledError as exc:  # the scheduler lost, or the sweep's tasks cancelled by someone else
+            why = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise ClusterError(f"the Dask cluster dropped a package ({why}); {len(results)} new record(s) kept; "
+                               f"run the same command again to resume") from None
+        except Exception as exc:  # the executor failed on the worker (not the method): say so
+            fallback = _failure("ExecutorError", f"running the package on the Dask cluster failed: "
+                                                 f"{type(exc).__name__}: {str(exc)[:1000]}")
+        fut.release()
+        for item in job.package.items:
+            outcome = outcomes.get(item.index) or fallback or _failure(
+                "ExecutorError", "the Dask worker returned no outcome for this item")
+            record = finish_record(job, item.index, outcome)
+            if record["key"] in written:  # cannot happen (one result per package); never write twice
+                continue
+            if facts is not None:
+                record["environment"] = facts["environment"]
+                record["executor"] = {"kind": "dask", "host": facts["host"], "worker": facts["address"]}
+            path = stores.setdefault(job.results_dir, Store(job.results_dir)).write(record)
+            written.add(record["key"])
+            results.append((record["status"], str(path)))
+            on_record(record["status"], str(path))
+        submit_more()
+    return results

@@ -49,10 +49,8 @@ ONE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", 
 
 
 def _context() -> Any:
-    """The fork server context, its server running. It starts with one BLAS / OpenMP thread in
-    its environment: a BLAS that starts multi-threaded and is limited afterwards re-creates its
-    thread pool in every forked worker (measured: transfers 2x slower). It dies with the thread
-    that started it (the main thread where possible)."""
+    """The fork server context; from the main thread, its server is started too (it dies with
+    the thread that started it: see :func:`ensure_forkserver`)."""
     global _CTX
     if _CTX is None:
         import multiprocessing as mp
@@ -62,22 +60,51 @@ def _context() -> Any:
         if method == "forkserver":
             ctx.set_forkserver_preload(["ctbench.worker_preload"])
         _CTX = ctx
-    if _CTX.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
-
-        with _LOCK:
-            saved = {k: os.environ.get(k) for k in ONE_THREAD_ENV}
-            os.environ.update({k: "1" for k in ONE_THREAD_ENV})
-            try:
-                with _no_main():
-                    forkserver.ensure_running()
-            finally:
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
+    if threading.current_thread() is threading.main_thread():
+        ensure_forkserver()
     return _CTX
+
+
+def ensure_forkserver() -> None:
+    """Start the fork server if it is not running, from this thread (it dies with it: call it
+    from a thread that lives as long as the process), with one BLAS / OpenMP thread in its
+    environment: a BLAS that starts multi-threaded and is limited afterwards re-creates its
+    thread pool in every forked worker (measured: transfers 2x slower)."""
+    ctx = _context() if _CTX is None else _CTX
+    if ctx.get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    with _LOCK:
+        saved = {k: os.environ.get(k) for k in ONE_THREAD_ENV}
+        os.environ.update({k: "1" for k in ONE_THREAD_ENV})
+        try:
+            with _no_main():
+                forkserver.ensure_running()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt in the main thread for the duration of a block, so a
+    sweep stops the same way on Ctrl-C and on SIGTERM (a no-op outside the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt()
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def sandbox_rules(results_dir: str | os.PathLike[str] | None, data_dir: str | os.PathLike[str] | None = None,
@@ -224,6 +251,7 @@ def run_package(pkg: Package, X_predict: Any, *, timeout: float | None, rules: d
         return {"status": "failed", "error": err, "timings": {"fit_s": fit_s, **timings}}
 
     ctx = _context()
+    ensure_forkserver()  # already running in a sweep: started by the main or a long-lived thread
     stalled = 0
     while True:
         todo = [it for it in pkg.items if it.index not in outcomes]
@@ -370,26 +398,21 @@ def run_packages(jobs: list[tuple[Package, Any]], workers: int, timeout: float |
         except BaseException as exc:  # an executor bug must not hang the sweep: report it
             q.put((j, None, exc))
 
-    old_term = None
-    if threading.current_thread() is threading.main_thread():
-        def on_term(signum: int, frame: Any) -> None:
-            raise KeyboardInterrupt()
-
-        old_term = signal.signal(signal.SIGTERM, on_term)
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="ctbench-package")
     try:
-        futures = [pool.submit(one, j) for j in range(len(jobs))]
-        while remaining > 0:
-            try:
-                j, i, out = q.get(timeout=0.2)
-            except queue.Empty:
-                if all(f.done() for f in futures) and q.empty():
-                    break
-                continue
-            if i is None:
-                raise out
-            remaining -= 1
-            on_outcome(j, i, out)
+        with sigterm_as_interrupt():
+            futures = [pool.submit(one, j) for j in range(len(jobs))]
+            while remaining > 0:
+                try:
+                    j, i, out = q.get(timeout=0.2)
+                except queue.Empty:
+                    if all(f.done() for f in futures) and q.empty():
+                        break
+                    continue
+                if i is None:
+                    raise out
+                remaining -= 1
+                on_outcome(j, i, out)
     except BaseException:
         cancelled.set()
         kill_all()
@@ -397,5 +420,3 @@ def run_packages(jobs: list[tuple[Package, Any]], workers: int, timeout: float |
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         reap(block=True)
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)

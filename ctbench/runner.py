@@ -449,6 +449,12 @@ def plan_packages(plan: Plan) -> list[PackageJob]:
     return first + [j for j in jobs if id(j) not in chosen]
 
 
+def readable_files(packages: list[PackageJob]) -> list[str]:
+    """Files the packages' method parameters name (a checkpoint, say): their workers may read
+    them, unless they lie in a hidden folder."""
+    return sorted({v for job in packages for v in job.package.params.values() if isinstance(v, str) and os.path.exists(v)})
+
+
 def execute(plan: Plan, jobs: int, on_record: Callable[[str, str], None], timeout: float | None = None,
             data_dir: str | None = None) -> list[tuple[str, str]]:
     """Run every package of the plan in isolated workers, ``jobs`` at a time; every method call
@@ -462,10 +468,8 @@ def execute(plan: Plan, jobs: int, on_record: Callable[[str, str], None], timeou
         return []
     results_dirs = sorted({job.results_dir for job in packages})
     data_dirs = sorted({u.data_dir for u in plan.units if u.data_dir} | ({data_dir} if data_dir else set()))
-    # files a method's parameters name (a checkpoint, say) are readable, unless they are hidden
-    readable = [v for job in packages for v in job.package.params.values() if isinstance(v, str) and os.path.exists(v)]
     rules = sandbox_rules(results_dirs[0], data_dirs[0] if data_dirs else None,
-                          extra=results_dirs[1:] + data_dirs[1:], readable=readable)
+                          extra=results_dirs[1:] + data_dirs[1:], readable=readable_files(packages))
     results: list[tuple[str, str]] = []
     stores = {d: Store(d) for d in results_dirs}
 

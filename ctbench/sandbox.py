@@ -131,25 +131,20 @@ def code_roots() -> list[str]:
     return sorted(roots)
 
 
-def hidden_paths(paths: Iterable[str | os.PathLike[str] | None]) -> list[str]:
-    """The existing paths among ``paths`` (real, deduplicated, nested ones dropped), minus any
-    that would hide the Python installation or the code itself (those cannot be hidden; see
-    :func:`unhideable`)."""
+def hidden_paths(paths: Iterable[str | os.PathLike[str] | None]) -> tuple[list[str], list[str]]:
+    """(hidden, unhideable): the existing paths among ``paths`` (real, deduplicated, nested ones
+    dropped), and those that cannot be hidden because they contain the Python installation or
+    ctbench's own code."""
     real = sorted({_real(p) for p in paths if p and os.path.exists(_real(p))})
+    code = _code_paths()
     keep: list[str] = []
-    code = _code_paths()
+    unhideable: list[str] = []
     for p in real:
-        if any(_is_within(p, k) for k in keep) or any(_is_within(c, p) for c in code):
-            continue
-        keep.append(p)
-    return keep
-
-
-def unhideable(paths: Iterable[str | os.PathLike[str] | None]) -> list[str]:
-    """Paths asked to be hidden that contain the Python installation or ctbench's own code."""
-    real = {_real(p) for p in paths if p and os.path.exists(_real(p))}
-    code = _code_paths()
-    return sorted(p for p in real if any(_is_within(c, p) for c in code))
+        if any(_is_within(c, p) for c in code):
+            unhideable.append(p)
+        elif not any(_is_within(p, k) for k in keep):
+            keep.append(p)
+    return keep, unhideable
 
 
 def _code_paths() -> list[str]:
@@ -162,8 +157,7 @@ def plan_rules(hidden: Iterable[str | os.PathLike[str] | None], roots: Iterable[
     """What a worker may read: every root (default :data:`SYSTEM_ROOTS` + :func:`code_roots`)
     except what lies under a hidden path. Computed once in the parent, applied by each worker
     with :func:`restrict`. Returns ``{"read": [(path, is_dir)], "hidden": [...], "unhideable": [...]}``."""
-    asked = list(hidden)
-    hide = hidden_paths(asked)
+    hide, unhideable = hidden_paths(hidden)
     roots = sorted({_real(r) for r in (roots if roots is not None else (*SYSTEM_ROOTS, *code_roots())) if os.path.exists(_real(r))})
     roots = [r for r in roots if not any(_is_within(r, o) for o in roots if o != r)]  # nested roots: the outer one
     read: list[tuple[str, bool]] = []
@@ -174,7 +168,7 @@ def plan_rules(hidden: Iterable[str | os.PathLike[str] | None], roots: Iterable[
             read += _except(root, hide)
         else:
             read.append((root, os.path.isdir(root)))
-    return {"read": read, "hidden": hide, "unhideable": unhideable(asked)}
+    return {"read": read, "hidden": hide, "unhideable": unhideable}
 
 
 def _except(root: str, hidden: list[str]) -> list[tuple[str, bool]]:

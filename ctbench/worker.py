@@ -329,12 +329,13 @@ def preload() -> None:
     try:
         from importlib import metadata
 
-        disabled = {s.strip() for s in os.environ.get("CTBENCH_DISABLE_PLUGINS", "").split(",") if s.strip()}
-        for ep in metadata.entry_points(group="ctbench"):
-            dist = getattr(ep, "dist", None)
+        from ctbench.plugins import ENTRY_POINT_GROUP, _distribution_of, disabled_plugins, is_builtin_distribution
+
+        disabled = set(disabled_plugins())
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
             # built-in plugins only: a third party's import-time code must not run in the
             # process every worker is forked from (it would run in every other method's worker)
-            if ep.name in disabled or dist is None or (dist.metadata["Name"] or "") != "ctbench":
+            if ep.name in disabled or not is_builtin_distribution(_distribution_of(ep)[0]):
                 continue
             try:
                 ep.load()

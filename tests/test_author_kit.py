@@ -18,10 +18,12 @@ import uuid
 
 import numpy as np
 import pytest
+from fake_plugins import env_with, write_plugin
+from test_conformance import OffsetPLS
 from typer.testing import CliRunner
 
 from ctbench.cli.main import app
-from ctbench.method import SourceData, Standards, Tags, TransferMethod
+from ctbench.method import Tags
 from ctbench.pls import PLSCalibration
 from ctbench.testing import (
     KIT_TASK,
@@ -45,27 +47,15 @@ def cli(*args: str):
 # --- an honest method and its dishonest variants ---------------------------------------------
 
 
-class HonestOffset(TransferMethod):
-    """Source PLS on target spectra shifted by the standards' mean offset (fast, deterministic)."""
+class HonestOffset(OffsetPLS):
+    """test_conformance's OffsetPLS (source PLS on target spectra shifted by the standards' mean
+    offset: fast, deterministic) with 5 latent variables by default."""
 
     name = "test_honest_offset"
-    version = "1"
-    tags = Tags(min_shots=1)
 
     def __init__(self, n_components: int = 5, random_state: int = 0):
         self.n_components = n_components
         self.random_state = random_state
-
-    def fit(self, source: SourceData) -> HonestOffset:
-        self.model_ = PLSCalibration(n_components=self.n_components).fit(source.X, source.y)
-        return self
-
-    def transfer(self, standards: Standards, unlabelled: np.ndarray | None = None) -> HonestOffset:
-        self.offset_ = standards.X_source.mean(axis=0) - standards.X_target.mean(axis=0)
-        return self
-
-    def predict(self, X_target: np.ndarray) -> np.ndarray:
-        return self.model_.predict(X_target + self.offset_)
 
     @classmethod
     def search_space(cls, trial) -> dict:
@@ -605,14 +595,8 @@ def ctbench_register_methods():
 def test_cli_trial_timeout_in_worker_processes(tmp_path) -> None:
     import optuna
 
-    site = tmp_path / "site"
-    info = site / "kit_hang_plugin-0.1.dist-info"
-    info.mkdir(parents=True)
-    (site / "kit_hang_plugin.py").write_text(PLUGIN)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kit-hang-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[ctbench]\nkit_hang_plugin = kit_hang_plugin\n")
-    env = {**os.environ, "KIT_HANG_MARKER": str(tmp_path / "hung"), "COLUMNS": "200"}
-    env["PYTHONPATH"] = os.pathsep.join([str(site)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    site = write_plugin(tmp_path / "site", "kit_hang_plugin", PLUGIN, "kit-hang-plugin", "kit_hang_plugin")
+    env = env_with(site, KIT_HANG_MARKER=str(tmp_path / "hung"), COLUMNS="200")
     res = subprocess.run(
         [sys.executable, "-m", "ctbench", "tune", "-m", "kit_hangs_first", "-t", KIT_TASK, "-n", "5", "--outer", "0",
          "--reps", "1", "--trials", "4", "--jobs", "2", "--trial-timeout", "1", "--results-dir", str(tmp_path / "r"),

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from fake_plugins import env_with, write_plugin
 from servers import mlflow_server, postgres_server, postgres_url  # noqa: F401  (pytest fixtures)
 
 TASK = "synthetic_a_b"  # the embedded demo task (the `demo` suite), 5 outer splits
@@ -62,16 +63,10 @@ def ctbench_register_methods():
 @pytest.fixture(scope="module")
 def gated_env(tmp_path_factory) -> dict[str, str]:
     """Subprocess environment with the gated sbc installed as a third-party plugin would be."""
-    site = tmp_path_factory.mktemp("gate_site")
-    (site / "ctbench_gate_probe.py").write_text(GATE_PLUGIN)
-    info = site / "ctbench_gate_probe-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ctbench-gate-probe\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[ctbench]\ngate_probe = ctbench_gate_probe\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join([str(site)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    return env
+    site = write_plugin(tmp_path_factory.mktemp("gate_site"), "ctbench_gate_probe", GATE_PLUGIN,
+                        "ctbench-gate-probe", "gate_probe")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    return env_with(site, base, PYTHONUNBUFFERED="1")
 
 
 def tune_cmd(storage: str, results: Path, *extra: str) -> list[str]:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fake_plugins import pip_install, wait_installed
 
 PYPROJECT = """\
 [build-system]
@@ -179,12 +180,6 @@ PACKAGES = {
 }
 
 
-def _pip_install(src: Path, target: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-input",
-           "--disable-pip-version-check", "--quiet", "--target", str(target), str(src)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 @pytest.fixture(scope="module")
 def targets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every throwaway package, each installed into its own target folder, in parallel."""
@@ -196,10 +191,9 @@ def targets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (src / "pyproject.toml").write_text(PYPROJECT.format(dist=dist, version=version, entry_point=ep, module=module))
         (src / module / "__init__.py").write_text(source)
         out[key] = base / f"{key}-target"
-        procs.append(_pip_install(src, out[key]))
+        procs.append(pip_install(src, out[key]))
     for p in procs:
-        log, _ = p.communicate(timeout=300)
-        assert p.returncode == 0, f"pip install failed:\n{log}"
+        wait_installed(p)
     return out
 
 

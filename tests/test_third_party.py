@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fake_plugins import pip_install, wait_installed
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "ctbench-example-method"
@@ -36,20 +37,6 @@ packages = ["ctbench_broken_plugin"]
 BROKEN_MODULE = '"""A plugin whose import fails."""\nimport ctbench_missing_dependency_xyz  # noqa: F401\n'
 
 
-def _pip_install(src: Path, target: Path) -> subprocess.Popen:
-    """Start `pip install --no-deps --no-build-isolation --target` of a copy of ``src``."""
-    build = target.parent / f"{target.name}-src"
-    shutil.copytree(src, build, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-input",
-           "--disable-pip-version-check", "--quiet", "--target", str(target), str(build)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _wait(proc: subprocess.Popen) -> None:
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, f"pip install failed:\n{out}"
-
-
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Both packages, installed in parallel into their own target folders."""
@@ -59,9 +46,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (broken_src / "pyproject.toml").write_text(BROKEN_PYPROJECT)
     (broken_src / "ctbench_broken_plugin" / "__init__.py").write_text(BROKEN_MODULE)
     targets = {"example": base / "example-target", "broken": base / "broken-target"}
-    procs = [_pip_install(EXAMPLE, targets["example"]), _pip_install(broken_src, targets["broken"])]
+    procs = [pip_install(EXAMPLE, targets["example"], copy=True), pip_install(broken_src, targets["broken"], copy=True)]
     for p in procs:
-        _wait(p)
+        wait_installed(p)
     return targets
 
 

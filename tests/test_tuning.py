@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_plugins import env_with, write_plugin
 from typer.testing import CliRunner
 
 from ctbench.cli.main import app
@@ -236,15 +237,9 @@ def ctbench_register_methods():
 def plugin_env(tmp_path_factory):
     """Environment of subprocesses that see a cheap method, installed as a third party would be
     (a distribution with a `ctbench` entry point on PYTHONPATH): workers start fast."""
-    site = tmp_path_factory.mktemp("site")
-    (site / "ctbench_tune_probe.py").write_text(PLUGIN)
-    info = site / "ctbench_tune_probe-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ctbench-tune-probe\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[ctbench]\ntune_probe_plugin = ctbench_tune_probe\n")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env["PYTHONPATH"] = os.pathsep.join([str(site)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    return env
+    site = write_plugin(tmp_path_factory.mktemp("site"), "ctbench_tune_probe", PLUGIN, "ctbench-tune-probe",
+                        "tune_probe_plugin")
+    return env_with(site, PYTHONUNBUFFERED="1")
 
 
 def single_split_card(folder: Path) -> str:
