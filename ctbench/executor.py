@@ -162,7 +162,10 @@ def kill_all() -> int:
 
 
 def _kill(proc: Any) -> None:
-    pid = proc.pid
+    try:
+        pid = proc.pid
+    except ValueError:  # closed meanwhile by its package thread (_forget): already gone
+        return
     if pid is None:
         return
     for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
@@ -170,7 +173,10 @@ def _kill(proc: Any) -> None:
             target()
         except (ProcessLookupError, PermissionError, OSError):
             pass
-    proc.join(timeout=5)
+    try:
+        proc.join(timeout=5)
+    except ValueError:  # closed meanwhile
+        pass
 
 
 @contextmanager

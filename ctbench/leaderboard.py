@@ -10,6 +10,7 @@ repetitions); *gap closed* is per property only. Mixing task versions or method 
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ import numpy as np
 from ctbench.metrics import LOWER_IS_BETTER, METRICS, gap_closed
 from ctbench.splits import stable_seed
 from ctbench.stats import BOOTSTRAP_REPLICATES, cell_bootstrap, interval, tie_groups
+from ctbench.store import RecordWarning
 
 REFERENCE_METHODS = ("no_transfer", "target_only", "full_recalibration")
 
@@ -88,6 +90,58 @@ def _check_versions(records: list[dict]) -> None:
             )
 
 
+def _where(rec: dict) -> str:
+    ident = rec["identity"]
+    return rec.get("_path") or f"{ident['task']}/{ident['method']} N={ident['n_shots']} rep={ident['rep']}"
+
+
+def consistent_records(records: list[dict]) -> tuple[list[dict], list[str]]:
+    """``records`` less the ok records that do not fit with the others, and one line per record
+    left out (naming its file and why).
+
+    Each record is valid on its own (``ctbench.store.record_problem``); what can still differ is
+    between records: the properties of a task's records (the most common set is kept) and the
+    residual rows of the records on one outer test split (the bootstrap pairs them row by row;
+    the most common sample column is kept). Order is preserved, so a consistent store gives
+    exactly the records it was given."""
+    ok = [r for r in records if r["status"] == "ok" and r.get("metrics")]
+    prop_sets: dict[str, dict[tuple, int]] = {}
+    for r in ok:
+        d = prop_sets.setdefault(r["identity"]["task"], {})
+        k = tuple(sorted(r["metrics"]["per_property"]))
+        d[k] = d.get(k, 0) + 1
+    props = {t: max(d, key=d.get) for t, d in prop_sets.items()}  # ties: the first seen
+    notes: list[str] = []
+    bad: set[int] = set()
+    for r in ok:
+        t = r["identity"]["task"]
+        have = tuple(sorted(r["metrics"]["per_property"]))
+        if have != props[t]:
+            bad.add(id(r))
+            notes.append(f"skipping record {_where(r)}: its properties ({', '.join(have)}) differ from those of the "
+                         f"other records of task {t} ({', '.join(props[t])})")
+    samples: dict[tuple[str, str], dict[tuple, int]] = {}
+    for r in ok:
+        if id(r) not in bad and r.get("residuals") is not None:
+            d = samples.setdefault((r["identity"]["task"], _split_key(r)), {})
+            k = tuple(r["residuals"]["sample"])
+            d[k] = d.get(k, 0) + 1
+    common = {key: max(d, key=d.get) for key, d in samples.items()}
+    for r in ok:
+        if id(r) in bad or r.get("residuals") is None:
+            continue
+        want = common[(r["identity"]["task"], _split_key(r))]
+        have = tuple(r["residuals"]["sample"])
+        if have != want:
+            bad.add(id(r))
+            what = f"{len(have)} rows, the others {len(want)}" if len(have) != len(want) else "other samples"
+            notes.append(f"skipping record {_where(r)}: its residuals ({what}) do not match the other records of "
+                         f"task {r['identity']['task']} on the same outer test split")
+    if not bad:
+        return records, notes
+    return [r for r in records if id(r) not in bad], notes
+
+
 def _split_key(rec: dict) -> str:
     return str((rec.get("split") or {}).get("test_rows_hash", ""))
 
@@ -154,6 +208,9 @@ def build_leaderboard(
     if method_version:
         sel = [r for r in sel if str(r["identity"]["method_version"]) == method_version]
     _check_versions(sel)
+    sel, notes = consistent_records(sel)
+    for note in notes:
+        warnings.warn(note, RecordWarning, stacklevel=2)
     mixed_code(sel)
     all_ok = [r for r in sel if r["status"] == "ok" and r.get("metrics")]
     refs = _references(all_ok)

@@ -72,17 +72,21 @@ class Plan:
 
 
 def resolved_params(cls: Any, spec: MethodSpec) -> dict[str, Any]:
-    """Defaults overlaid with the spec's parameters (random_state is owned by the runner)."""
+    """Defaults overlaid with the spec's parameters, normalised to the defaults' types
+    (:func:`ctbench.params.normalise_params`; random_state is owned by the runner: setting it is
+    an error)."""
+    from ctbench.params import normalise_params
+
     valid = set(cls._param_names())
-    unknown = sorted(set(spec.params) - valid)
+    unknown = sorted(set(spec.params) - valid, key=str)
     if unknown:
         from ctbench.names import did_you_mean
 
         raise PlanError(
-            f"method {spec.name!r} has no parameter {unknown[0]!r}{did_you_mean(unknown[0], valid)}; "
+            f"method {spec.name!r} has no parameter {unknown[0]!r}{did_you_mean(str(unknown[0]), valid)}; "
             f"valid: {', '.join(sorted(valid - {'random_state'})) or '(none)'}"
         )
-    params = {**cls.default_params(), **spec.params}
+    params = {**cls.default_params(), **normalise_params(cls, spec.params, spec.name)}
     params.pop("random_state", None)
     return params
 
@@ -170,18 +174,26 @@ def plan_runs(
 
 @lru_cache(maxsize=1)
 def environment() -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
     import numpy
     import scipy
 
     import ctbench
 
-    return {
+    env = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "ctbench": ctbench.__version__,
         "numpy": numpy.__version__,
         "scipy": scipy.__version__,
     }
+    for dist in ("torch", "scikit-learn", "threadpoolctl"):  # read from metadata: nothing heavy is imported
+        try:
+            env[dist] = version(dist)
+        except PackageNotFoundError:
+            env[dist] = None
+    return env
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -334,7 +346,7 @@ def unit_packages(unit: WorkUnit) -> list[PackageJob]:
                     "code_sha256": code,
                     "class": f"{cls.__module__}.{cls.__qualname__}",
                     "params_source": unit.spec.params_source,
-                    "user_params": unit.spec.params,
+                    "user_params": {k: params[k] for k in unit.spec.params if k in params},  # normalised values
                     "tags": {t: getattr(cls.tags, t) for t in cls.tags.__dataclass_fields__},
                 },
                 "task": dict(summary),
@@ -380,6 +392,8 @@ def finish_record(job: PackageJob, index: int, outcome: dict[str, Any]) -> dict[
     timings = {"load_s": record.pop("_load_s", 0.0), **outcome.get("timings", {})}
     record["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     record["isolation"] = outcome.get("isolation")
+    if outcome.get("threads") is not None:
+        record["threads"] = outcome["threads"]
     if outcome["status"] != "ok":
         record.update(status="failed", error=outcome["error"], metrics=None, timings=timings)
         return record
@@ -416,8 +430,10 @@ def _one_thread() -> Iterator[None]:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover
         threadpool_limits = None
-    old_env = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
+    from ctbench.executor import ONE_THREAD_ENV
+
+    old_env = {k: os.environ.get(k) for k in ONE_THREAD_ENV}
+    os.environ.update({k: "1" for k in ONE_THREAD_ENV})  # read by torch / MKL if first imported inside
     torch = sys.modules.get("torch")
     old_torch = torch.get_num_threads() if torch is not None else None
     if torch is not None:
@@ -430,10 +446,11 @@ def _one_thread() -> Iterator[None]:
             limits.restore_original_limits()
         if old_torch is not None:
             torch.set_num_threads(old_torch)
-        if old_env is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = old_env
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def plan_packages(plan: Plan) -> list[PackageJob]:

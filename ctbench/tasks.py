@@ -159,8 +159,23 @@ def _aligned_axes(src: Spectra, tgt: Spectra, alignment: dict[str, Any], where: 
         if step is None:  # the coarser of the two median steps
             step = max(np.median(np.diff(src.axis)), np.median(np.diff(tgt.axis)))
         start = np.ceil(lo / step) * step
+        _check_grid_size(float(start), float(hi), float(step), where)
         return np.arange(start, hi + 1e-9, step)
-    return np.arange(float(alignment["start"]), float(alignment["stop"]) + 1e-9, float(alignment["step"]))
+    start, stop, step = float(alignment["start"]), float(alignment["stop"]), float(alignment["step"])
+    _check_grid_size(start, stop, step, where)
+    return np.arange(start, stop + 1e-9, step)
+
+
+def _check_grid_size(start: float, stop: float, step: float, where: str) -> None:
+    """Refuse (one line) a common axis that would not fit in memory, before it is made."""
+    from ctbench.cards import MAX_GRID_POINTS, grid_points
+
+    n = grid_points(start, stop, step) if step > 0 else float("inf")
+    if not n <= MAX_GRID_POINTS:
+        raise CardError(
+            f"{where}: the common axis {start:g}..{stop:g} with step {step:g} would have {n:.3g} points, at most "
+            f"{MAX_GRID_POINTS} are allowed; declare a larger alignment.step"
+        )
 
 
 def _dataset_sample_order(card: TaskCard, dataset: Any) -> dict[str, int]:

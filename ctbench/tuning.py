@@ -602,7 +602,18 @@ def run_worker(
     prepared: tuple[Any, Any, Any, Any] | None = None,
 ) -> WorkerResult:
     """Run trials one at a time until the study holds ``cfg.trials`` COMPLETE + PRUNED trials
-    (or the timeout passes). Safe to run in several processes / hosts on one storage."""
+    (or the timeout passes). Safe to run in several processes / hosts on one storage.
+
+    Trials run with one BLAS / OpenMP / torch thread, as sweeps do: a validation score must
+    not depend on the thread variables of the environment (torch's reductions do)."""
+    from ctbench.runner import _one_thread
+
+    with _one_thread():
+        return _run_worker(cfg, on_trial, prepared)
+
+
+def _run_worker(cfg: TuneConfig, on_trial: Callable[[Any, Any], None] | None,
+                prepared: tuple[Any, Any, Any, Any] | None) -> WorkerResult:
     import optuna
     from optuna.trial import TrialState
 
@@ -932,29 +943,25 @@ class TuneTracker:
         if not self.enabled:
             return
         try:
-            import logging
-
             from mlflow.entities import Param
-            from mlflow.tracking import MlflowClient
 
-            for name in ("alembic", "mlflow", "mlflow.store.db.utils"):
-                logging.getLogger(name).setLevel(logging.WARNING)
-
-            from ctbench.tracking import artifact_location, tracking_uri
+            from ctbench.tracking import artifact_location, open_client, tracking_lock, tracking_uri
 
             uri = tracking_uri(self.results_dir)
-            self.client = MlflowClient(tracking_uri=uri)
+            # created, migrated or repaired under the results dir's lock (concurrent tune workers
+            # and sweeps on a fresh store raced the schema migration)
+            self.client, note = open_client(self.results_dir)
+            if note:
+                self.warn(note)
             name = tune_experiment_name(protocol["task"])
-            exp = self.client.get_experiment_by_name(name)
-            if exp is None:
-                try:
+            with tracking_lock(self.results_dir):
+                exp = self.client.get_experiment_by_name(name)
+                if exp is None:
                     self.experiment_id = self.client.create_experiment(
                         name, artifact_location=artifact_location(self.results_dir) if uri.startswith("sqlite") else None
                     )
-                except Exception:  # created by a concurrent tune
-                    self.experiment_id = self.client.get_experiment_by_name(name).experiment_id
-            else:
-                self.experiment_id = exp.experiment_id
+                else:
+                    self.experiment_id = exp.experiment_id
             self._close_dead_parents(cfg)
             me = _this_process()
             run = self.client.create_run(

@@ -178,6 +178,27 @@ def _one_thread(limit_blas: bool = True) -> None:
         torch.set_num_threads(1)
 
 
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def thread_settings() -> dict[str, Any]:
+    """The thread counts in force in this process (recorded with every result): each BLAS /
+    OpenMP pool threadpoolctl finds, torch's intra-op threads (when torch is loaded) and the
+    thread variables of the environment."""
+    import sys
+
+    out: dict[str, Any] = {"env": {k: os.environ.get(k) for k in THREAD_ENV}}
+    try:
+        from threadpoolctl import threadpool_info
+
+        out["pools"] = sorted({f"{d.get('internal_api')}:{d.get('num_threads')}" for d in threadpool_info()})
+    except Exception:  # noqa: BLE001 - a record must not fail for its bookkeeping
+        out["pools"] = None
+    torch = sys.modules.get("torch")
+    out["torch"] = torch.get_num_threads() if torch is not None else None
+    return out
+
+
 def child_main(conn: Any, rules: dict[str, Any], tmpdir: str) -> None:
     """Entry point of a worker process (started by ``ctbench.executor``): sandbox, then serve
     one package. ``rules`` come from :func:`ctbench.sandbox.plan_rules`; ``tmpdir`` is the
@@ -260,6 +281,7 @@ def serve(conn: Any) -> None:
     conn.send(("ready",))
     kind, X = conn.recv()
     assert kind == "predict"
+    threads = thread_settings()  # after fit and transfer: whatever the method imported is loaded
     for item in pkg.items:
         m = transferred.pop(item.index, None)
         if m is None:
@@ -270,6 +292,7 @@ def serve(conn: Any) -> None:
             pred = np.array(m.predict(_fresh(X)), dtype=float)
             out["predict_s"] = time.perf_counter() - t0
             out["pred"] = pred
+            out["threads"] = threads
             if pkg.wants_interval and callable(getattr(m, "predict_interval", None)):
                 t0 = time.perf_counter()
                 lo, hi = m.predict_interval(_fresh(X))

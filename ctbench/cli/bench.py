@@ -70,12 +70,14 @@ def sweep(
         execute(plan, jobs, on_record)
     t_run = time.perf_counter() - t1
     wall = time.perf_counter() - t0
+    from ctbench.cli.leaderboard import record_warnings
     from ctbench.store import Store
 
     phases: dict[str, float] = {}
     fits: dict[tuple, float] = {}
     per_method: dict[str, float] = {}
-    records = list(Store(results_dir).iter_records())
+    with record_warnings():  # a malformed record file is skipped with a warning line naming it
+        records = list(Store(results_dir).iter_records())
     for r in records:
         name = r["identity"]["method"]
         for k, v in (r.get("timings") or {}).items():
@@ -125,7 +127,10 @@ def _publish(folder: Path, records: list[dict], command: str) -> None:
     from ctbench.runner import environment
 
     folder.mkdir(parents=True, exist_ok=True)
-    rows = build_leaderboard(records, per_property=True)
+    from ctbench.cli.leaderboard import record_warnings
+
+    with record_warnings():
+        rows = build_leaderboard(records, per_property=True)
     ok = sum(1 for r in records if r.get("status") == "ok")
     tasks = sorted({r["identity"]["task"] for r in records})
     versions = sorted({(r["identity"]["method"], str(r["identity"]["method_version"])) for r in records})

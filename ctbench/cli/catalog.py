@@ -119,26 +119,48 @@ def plugins(fmt: str = typer.Option("table", "--format", "-f", help="table or js
 
 
 def tasks_list(ctx: typer.Context) -> None:
-    """Task and suite cards."""
+    """Task and suite cards. A card that cannot be read is left out of the table with one
+    'warning:' line on stderr naming its file and what is wrong (the exit code stays 0)."""
     if ctx.invoked_subcommand is not None:
         return
+    import os
+
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    from ctbench.cards import SuiteCard, all_card_names, load_card
+    from ctbench.cards import CardError, SuiteCard, all_card_names, load_card
+    from ctbench.cli.common import user_errors
 
     table = Table(title="task cards")
     for h in ("name", "kind", "version", "dataset / tasks", "source → target", "description"):
         table.add_column(h)
+    problems: list[str] = []
+    for folder in (os.environ.get("CTBENCH_TASKS") or "").split(os.pathsep):
+        if folder and not os.path.isdir(folder):
+            problems.append(f"CTBENCH_TASKS folder {folder} does not exist (or is not a folder); skipped")
     with friendly_errors():
-        for name in all_card_names():
+        names = all_card_names()
+    for name in names:
+        try:
             card = load_card(name)
-            if isinstance(card, SuiteCard):
-                table.add_row(card.name, "suite", card.version, ", ".join(card.tasks), "", card.description)
-            else:
-                table.add_row(card.name, "task", card.version, card.dataset, f"{card.source} → {card.target}",
-                              card.description.splitlines()[0] if card.description else "")
+        except user_errors() as exc:
+            msg = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+            msg = (msg.splitlines() or [type(exc).__name__])[0]
+            if not isinstance(exc, CardError):
+                msg = f"card {name!r}: {msg}"
+            problems.append(f"{msg}; card skipped")
+            continue
+        if isinstance(card, SuiteCard):
+            table.add_row(escape(card.name), "suite", escape(card.version), escape(", ".join(card.tasks)), "",
+                          escape(card.description))
+        else:
+            table.add_row(escape(card.name), "task", escape(card.version), escape(card.dataset),
+                          escape(f"{card.source} → {card.target}"),
+                          escape(card.description.splitlines()[0] if card.description else ""))
     Console().print(table)
+    for line in problems:
+        typer.echo(f"warning: {line}", err=True)
 
 
 def tasks_show(

@@ -31,8 +31,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from ctbench.plugins import UnknownName
     from ctbench.runner import PlanError
     from ctbench.splits import ShotsError
+    from ctbench.store import StoreError
 
-    return (CardError, DataError, LeaderboardError, UnknownName, PlanError, ShotsError)
+    return (CardError, DataError, LeaderboardError, UnknownName, PlanError, ShotsError, StoreError)
 
 
 @contextlib.contextmanager
@@ -68,19 +69,46 @@ def int_list(value: str | None, option: str) -> list[int] | None:
 
 
 def parse_params(items: list[str] | None) -> dict[str, Any]:
-    """--param k=v (repeatable); values are parsed as YAML scalars (numbers, true/false, null)."""
+    """--param k=v (repeatable); values are parsed as YAML scalars (numbers, 1e-3 included,
+    true/false, null, strings) or a flat list ``[1, 2]``, with the strict loader of the cards (no
+    anchors or aliases). Text that is not valid YAML is kept as a string; a mapping or nested list,
+    an anchor or alias, or a key given twice is a one-line error. Types are settled later against
+    the method's defaults (:func:`ctbench.params.normalise_params`)."""
+    import datetime
+
     import yaml
+
+    from ctbench.cards import YAMLInputError, load_yaml
+    from ctbench.params import is_flat
 
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            fail(f"--param takes key=value, got {item!r}")
+            fail(f"--param takes key=value, got {_clip(item)!r}")
         k, v = item.split("=", 1)
+        k = k.strip()
+        if not k:
+            fail(f"--param takes key=value, got {_clip(item)!r} (no key)")
+        if k in out:
+            fail(f"--param {_clip(k)} is given twice; give each parameter once")
         try:
-            out[k.strip()] = yaml.safe_load(v)
-        except yaml.YAMLError:
-            out[k.strip()] = v
+            value = load_yaml(v)
+        except YAMLInputError as exc:
+            fail(f"--param {_clip(k)}: {str(exc).split(': ', 1)[-1]}")
+        except (yaml.YAMLError, RecursionError):
+            value = v
+        if isinstance(value, (datetime.date, datetime.datetime)):  # 2024-01-01: keep the text
+            value = v.strip()
+        if not is_flat(value):
+            kind = "a mapping" if isinstance(value, dict) else "a nested list" if isinstance(value, list) else type(value).__name__
+            fail(f"--param {_clip(k)} takes a number, true/false, null, a string or a flat list like [1, 2], "
+                 f"got {kind}; quote the value to pass it as a string")
+        out[k] = value
     return out
+
+
+def _clip(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def set_data_dir(data_dir: Path | None) -> str | None:

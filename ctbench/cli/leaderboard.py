@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
@@ -42,9 +44,10 @@ def leaderboard(
             typer.echo(f"warning: {w.message}", err=True)
         if not records:
             fail(f"no records in {results_dir}/runs; run `ctbench run` first")
-        rows = build_leaderboard(records, metric=metric, tasks=tasks, shots=int_list(shots, "--shots"),
-                                 methods=split_list(method) or None, per_property=per_property,
-                                 task_version=task_version, method_version=method_version)
+        with record_warnings():
+            rows = build_leaderboard(records, metric=metric, tasks=tasks, shots=int_list(shots, "--shots"),
+                                     methods=split_list(method) or None, per_property=per_property,
+                                     task_version=task_version, method_version=method_version)
     if not rows:
         fail("no records match the filters")
     for note in mixed_code(records):
@@ -64,6 +67,25 @@ def leaderboard(
         typer.echo(f"wrote {out}", err=True)
     else:
         typer.echo(text)
+
+
+@contextlib.contextmanager
+def record_warnings() -> Iterator[None]:
+    """Print the records skipped inside the block (``RecordWarning``) as ``warning:`` lines on
+    stderr; any other warning is shown as Python would have shown it."""
+    from ctbench.store import RecordWarning
+
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RecordWarning)
+            yield
+    finally:  # also when the block fails: the skipped records may be why
+        for w in caught:
+            if issubclass(w.category, RecordWarning):
+                typer.echo(f"warning: {w.message}", err=True)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def _expand(names: list[str]) -> list[str]:

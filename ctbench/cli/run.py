@@ -34,7 +34,7 @@ def run(
     results_dir: Path = typer.Option(results_dir_default(), "--results-dir", help="Result store folder."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset mirror folder (else $CTBENCH_DATA, cache, download)."),
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not copy records to MLflow."),
-    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Method parameter key=value (repeatable)."),
+    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Method parameter key=value (repeatable): a YAML scalar (3, 1e-3, true, null, text) or a flat list, converted to the type of the method's default; random_state comes from --seed."),
     params: Optional[str] = typer.Option(None, "--params", help="'tuned' to use parameters saved by `ctbench tune`."),
     force: bool = typer.Option(False, "--force", help="Redo runs the store already holds."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds each method call (fit, each transfer, each predict) may take; past it the record fails and the sweep goes on."),
@@ -42,7 +42,7 @@ def run(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address tcp://HOST:PORT (or scheduler file) for --executor dask; without it a local cluster of --jobs workers."),
 ) -> None:
     """Run methods on tasks and store one record per (method, task, N, rep)."""
-    from ctbench.runner import MethodSpec, execute, plan_runs
+    from ctbench.runner import MethodSpec, execute
 
     console = stderr_console()
     with friendly_errors():
@@ -68,6 +68,9 @@ def run(
             if dask_missing():
                 fail(dask_missing())
         data = set_data_dir(data_dir)
+        from ctbench.store import Store
+
+        Store(results_dir).check_writable()  # before loading data or computing anything
         shot_list = int_list(shots, "--shots")
         tasks = split_list(task)
         if params == "tuned":
@@ -77,29 +80,10 @@ def run(
         else:
             specs = [MethodSpec(m, dict(user_params), "cli" if user_params else "default") for m in methods]
         t_start = time.perf_counter()
-        plan = None
-        all_units = []
-        for spec_group in _group_specs(specs):
-            p = plan_runs(
-                [s for s, _, _, _ in spec_group],
-                spec_group[0][1] or tasks,
-                spec_group[0][2] if spec_group[0][2] is not None else shot_list,
-                reps,
-                seed,
-                results_dir,
-                data,
-                force,
-                rep_filter=spec_group[0][3],
-            )
-            if plan is None:
-                plan = p
-            else:
-                plan.units += p.units
-                plan.n_total += p.n_total
-                plan.n_done += p.n_done
-                plan.skipped = sorted(set(plan.skipped) | set(p.skipped))
-                plan.done_records += p.done_records
-            all_units = plan.units
+        from ctbench.cli.leaderboard import record_warnings
+
+        with record_warnings():  # a corrupt record file: one warning line, and its run is done again
+            plan = _plan(specs, tasks, shot_list, reps, seed, results_dir, data, force)
     for why in plan.skipped:
         console.print(f"[yellow]skipped:[/] {why}")
     console.print(
@@ -107,10 +91,12 @@ def run(
         + (f" in {jobs} processes" if jobs > 1 and plan.n_todo else "")
     )
     sink = None
-    if not no_mlflow:
+    if not no_mlflow and plan.n_total:
         from ctbench.tracking import MlflowSink
 
-        sink = MlflowSink(results_dir)
+        sink = MlflowSink(results_dir, warn=lambda msg: typer.echo(f"warning: {msg}", err=True))
+        if sink.open() and sink.note:  # opened (created, migrated or repaired) before any compute
+            typer.echo(f"warning: {sink.note}", err=True)
     statuses: dict[str, int] = {"ok": 0, "failed": 0}
     failures: list[str] = []
 
@@ -137,6 +123,8 @@ def run(
             new_records.append((rec, Path(path)))
             progress.update(bar, advance=1, description=f"{ident['method']} · {ident['task']} · N={ident['n_shots']}")
 
+        from ctbench.store import StoreError
+
         try:
             if executor == "dask":
                 from ctbench.dask_executor import ClusterError, execute_dask
@@ -156,8 +144,20 @@ def run(
                 f"({plan.n_done} were there before); run the same command again to resume"
             )
             raise typer.Exit(130)
-    if sink is not None and plan.done_records:
-        mended = sink.sync(plan.done_records)
+        except StoreError as exc:
+            progress.stop()
+            done = statuses.get("ok", 0) + statuses.get("failed", 0)
+            fail(f"{exc} ({done} new record(s) were written before it)", code=1)
+    if sink is not None:
+        # records the plan skipped (or, after a repair, every record) that MLflow lacks or holds half-written
+        todo = plan.done_records
+        if sink.rebuilt:
+            from ctbench.store import Store
+
+            with record_warnings():
+                todo = [(r, Path(r.pop("_path"))) for r in Store(results_dir).iter_records()]
+        mended = sink.sync(todo)
+        sink.close()
         if mended:
             console.print(f"MLflow: logged {mended} record(s) it was missing")
     elapsed = time.perf_counter() - t_start
@@ -189,3 +189,31 @@ def _group_specs(specs):
             (spec, list(tasks) if tasks else None, list(shots) if shots is not None else None, rep_filter)
         )
     return list(groups.values())
+
+
+def _plan(specs, tasks, shot_list, reps, seed, results_dir, data, force):
+    """One plan for every group of specs (see :func:`_group_specs`)."""
+    from ctbench.runner import plan_runs
+
+    plan = None
+    for spec_group in _group_specs(specs):
+        p = plan_runs(
+            [s for s, _, _, _ in spec_group],
+            spec_group[0][1] or tasks,
+            spec_group[0][2] if spec_group[0][2] is not None else shot_list,
+            reps,
+            seed,
+            results_dir,
+            data,
+            force,
+            rep_filter=spec_group[0][3],
+        )
+        if plan is None:
+            plan = p
+        else:
+            plan.units += p.units
+            plan.n_total += p.n_total
+            plan.n_done += p.n_done
+            plan.skipped = sorted(set(plan.skipped) | set(p.skipped))
+            plan.done_records += p.done_records
+    return plan

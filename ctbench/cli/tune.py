@@ -68,6 +68,9 @@ def tune(
     last = None
     with friendly_errors():
         data = set_data_dir(data_dir)
+        from ctbench.store import Store
+
+        Store(results_dir).check_writable()  # the study's storage and tuned files live there
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         try:

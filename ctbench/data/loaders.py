@@ -615,11 +615,35 @@ def load_synthetic(paths: list[Path], options: dict[str, Any]) -> Dataset:
     from ctbench.data.synthetic import synthetic_dataset
 
     options = _check_options("synthetic", options, ("n_samples", "n_channels", "seed"))
-    try:
-        kwargs = {k: int(v) for k, v in options.items()}
-    except (TypeError, ValueError):
-        raise DataError(f"dataset 'synthetic': options must be integers, got {options}") from None
+    kwargs: dict[str, int] = {}
+    for k, v in options.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+            raise DataError(f"dataset 'synthetic': option {k!r} must be an integer, got {v!r}")
+        try:
+            f = float(v)
+            ok = f.is_integer()
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            raise DataError(f"dataset 'synthetic': option {k!r} must be an integer, got {v!r}")
+        kwargs[k] = int(f)
+    low = {"n_samples": 8, "n_channels": 2, "seed": 0}
+    high = {"n_samples": SYNTHETIC_MAX_SAMPLES, "n_channels": SYNTHETIC_MAX_CHANNELS, "seed": 2**63 - 1}
+    for k, v in kwargs.items():
+        if not low[k] <= v <= high[k]:
+            raise DataError(f"dataset 'synthetic': option {k!r} must be between {low[k]} and {high[k]}, got {v}")
+    n, p = kwargs.get("n_samples", 120), kwargs.get("n_channels", 200)
+    if n * p > SYNTHETIC_MAX_VALUES:
+        raise DataError(
+            f"dataset 'synthetic': n_samples x n_channels = {n * p} values per instrument, at most {SYNTHETIC_MAX_VALUES}"
+        )
     return synthetic_dataset(**kwargs)
+
+
+SYNTHETIC_MAX_SAMPLES = 100_000
+SYNTHETIC_MAX_CHANNELS = 100_000
+SYNTHETIC_MAX_VALUES = 5_000_000
+"""Bounds of the synthetic demo's size (5 M values per instrument: 40 MB per array)."""
 
 
 # --- resolve + load, memoized per process --------------------------------------------------
@@ -645,7 +669,7 @@ def load_dataset(
 
     options = dict(options or {})
     paths = [resolve(f, data_dir) for f in loader.files]
-    key = (loader.name, tuple(str(p) for p in paths), json.dumps(options, sort_keys=True, default=str))
+    key = (loader.name, tuple(str(p) for p in paths), _options_key(loader.name, options))
     with _loaded_lock:
         if key in _loaded:
             return _loaded[key]
@@ -657,6 +681,33 @@ def load_dataset(
     _freeze(dataset)
     with _loaded_lock:
         return _loaded.setdefault(key, dataset)
+
+
+MAX_OPTION_VALUES = 100_000
+"""Most values (counted with repeats) loader options may hold: options are a card's plain data."""
+
+
+def _options_key(loader: str, options: Mapping[str, Any]) -> str:
+    """The options as canonical JSON (the memo key), refusing in one line options too large to be
+    a card's (such as a structure sharing its parts many times over, or referring to itself)."""
+    count, stack = 0, [options]
+    while stack:
+        value = stack.pop()
+        count += 1
+        if count > MAX_OPTION_VALUES:
+            raise DataError(
+                f"dataset {loader!r}: loader options hold more than {MAX_OPTION_VALUES} values "
+                f"(or refer to themselves); give plain, small options"
+            )
+        if isinstance(value, Mapping):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            stack.extend(value)
+    try:
+        return json.dumps(options, sort_keys=True, default=str)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"dataset {loader!r}: loader options are not plain data ({exc})") from None
 
 
 def clear_loaded() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ctbench.leaderboard import REFERENCE_METHODS, method_label
+from ctbench.leaderboard import REFERENCE_METHODS, consistent_records, method_label
 from ctbench.metrics import gap_closed
 
 ANCHORS = ("no_transfer", "full_recalibration")
@@ -73,7 +73,8 @@ def read_store(
         sel = [r for r in sel if str(r["identity"]["method_version"]) == method_version]
     if not sel:
         raise ReportError(f"no records in {results_dir} match the task/version filters")
-    return StoreContents(results_dir=Path(results_dir), records=sel, warnings=notes)
+    sel, skipped = consistent_records(sel)  # records that do not fit with the others: left out, named
+    return StoreContents(results_dir=Path(results_dir), records=sel, warnings=notes + skipped)
 
 
 def base_name(rec: dict[str, Any]) -> str:
@@ -154,7 +155,7 @@ def task_datasets(records: list[dict[str, Any]]) -> tuple[dict[str, str], dict[s
         ds[r["identity"]["task"]] = str(d)
         try:
             n = int(summ.get("pool_samples") or 0) + int(summ.get("test_samples") or 0)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # a summary field of another type: no count
             n = 0
         if n:
             samples[str(d)] = max(samples.get(str(d), 0), n)

@@ -59,7 +59,14 @@ def save_figure(fig: Any, out_dir: Path, name: str, caption: str) -> SavedFigure
 
 
 def slugify(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "figure"
+    """A file-name-safe stem; a very long one (a long task name in a record) is cut and given a
+    hash, so the file name always fits."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "figure"
+    if len(slug) > 150:
+        import hashlib
+
+        slug = slug[:133] + "-" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return slug
 
 
 def method_colors(labels: list[str], base_name: dict[str, str]) -> dict[str, dict[str, str]]:

@@ -110,18 +110,20 @@ class MlflowLogger:
             return
         try:
             from mlflow.entities import Param
-            from mlflow.tracking import MlflowClient
 
-            from ctbench.tracking import artifact_location, tracking_uri
+            from ctbench.tracking import artifact_location, open_client, tracking_lock, tracking_uri
 
             uri = tracking_uri(results_dir)
-            self.client = MlflowClient(tracking_uri=uri)
-            exp = self.client.get_experiment_by_name(EXPERIMENT)
-            if exp is None:  # artifacts beside the store, not in the CWD
-                loc = artifact_location(results_dir) if uri.startswith("sqlite") else None
-                exp_id = self.client.create_experiment(EXPERIMENT, artifact_location=loc)
-            else:
-                exp_id = exp.experiment_id
+            self.client, note = open_client(results_dir)  # schema created or repaired under the lock
+            if note:
+                warnings.warn(note, stacklevel=2)
+            with tracking_lock(results_dir):
+                exp = self.client.get_experiment_by_name(EXPERIMENT)
+                if exp is None:  # artifacts beside the store, not in the CWD
+                    loc = artifact_location(results_dir) if uri.startswith("sqlite") else None
+                    exp_id = self.client.create_experiment(EXPERIMENT, artifact_location=loc)
+                else:
+                    exp_id = exp.experiment_id
             if run_id:
                 self.client.update_run(run_id, status="RUNNING")
             else:
