@@ -319,34 +319,31 @@ class Store:
         return path
 
     def check_writable(self) -> None:
-        """Make ``runs/``, write and remove a probe file there, and remove again the folders it
-        made (nothing is left behind); :class:`StoreError` (one line) when that fails. Call it
-        before any compute, so a sweep never runs for nothing."""
-        made: list[Path] = []  # the folders this call creates, deepest first
-        p = self.runs
-        while not p.exists() and p != p.parent:
-            made.append(p)
-            p = p.parent
+        """Write and remove a probe file in ``runs/`` (or, when it does not exist yet, in its
+        nearest existing parent folder, so nothing is created: concurrent sweeps probing one new
+        store must not remove each other's folders); :class:`StoreError` (one line) when that
+        fails. Call it before any compute, so a sweep never runs for nothing."""
+        import errno
+
+        where = self.runs
+        while not where.exists() and where != where.parent:
+            where = where.parent
         tmp = None
         try:
-            self.runs.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-probe-", suffix=".json", dir=self.runs)
+            if not where.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(where))
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-probe-", suffix=".json", dir=where)
             with os.fdopen(fd, "w") as fh:
                 fh.write("{}\n")
         except OSError as exc:
             raise StoreError(f"results directory {self.root} is not writable ({_os_reason(exc)}): choose another "
                              f"with --results-dir or fix its permissions") from exc
         finally:
-            for leftover in ([Path(tmp)] if tmp else []):
+            if tmp is not None:
                 try:
-                    leftover.unlink()
+                    os.unlink(tmp)
                 except OSError:
                     pass
-            for d in made:
-                try:
-                    d.rmdir()
-                except OSError:
-                    break
 
     def iter_records(self, task: str | None = None, warn: bool = True) -> Iterator[dict[str, Any]]:
         """Every usable record; an unreadable or malformed one (:func:`record_problem`) is
