@@ -48,6 +48,22 @@ ONE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", 
                   "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
+@contextmanager
+def one_thread_env() -> Iterator[None]:
+    """``ONE_THREAD_ENV`` set to 1 for the duration of a block (read by a BLAS, OpenMP or torch
+    that starts inside it), the caller's values restored after."""
+    saved = {k: os.environ.get(k) for k in ONE_THREAD_ENV}
+    os.environ.update({k: "1" for k in ONE_THREAD_ENV})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _context() -> Any:
     """The fork server context; from the main thread, its server is started too (it dies with
     the thread that started it: see :func:`ensure_forkserver`)."""
@@ -75,18 +91,8 @@ def ensure_forkserver() -> None:
         return
     from multiprocessing import forkserver
 
-    with _LOCK:
-        saved = {k: os.environ.get(k) for k in ONE_THREAD_ENV}
-        os.environ.update({k: "1" for k in ONE_THREAD_ENV})
-        try:
-            with _no_main():
-                forkserver.ensure_running()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+    with _LOCK, one_thread_env(), _no_main():
+        forkserver.ensure_running()
 
 
 @contextmanager

@@ -11,6 +11,7 @@ repetitions); *gap closed* is per property only. Mixing task versions or method 
 from __future__ import annotations
 
 import warnings
+from collections import Counter, defaultdict
 from typing import Any
 
 import numpy as np
@@ -105,12 +106,10 @@ def consistent_records(records: list[dict]) -> tuple[list[dict], list[str]]:
     the most common sample column is kept). Order is preserved, so a consistent store gives
     exactly the records it was given."""
     ok = [r for r in records if r["status"] == "ok" and r.get("metrics")]
-    prop_sets: dict[str, dict[tuple, int]] = {}
+    prop_sets: dict[str, Counter] = defaultdict(Counter)
     for r in ok:
-        d = prop_sets.setdefault(r["identity"]["task"], {})
-        k = tuple(sorted(r["metrics"]["per_property"]))
-        d[k] = d.get(k, 0) + 1
-    props = {t: max(d, key=d.get) for t, d in prop_sets.items()}  # ties: the first seen
+        prop_sets[r["identity"]["task"]][tuple(sorted(r["metrics"]["per_property"]))] += 1
+    props = {t: c.most_common(1)[0][0] for t, c in prop_sets.items()}  # ties: the first seen
     notes: list[str] = []
     bad: set[int] = set()
     for r in ok:
@@ -120,13 +119,11 @@ def consistent_records(records: list[dict]) -> tuple[list[dict], list[str]]:
             bad.add(id(r))
             notes.append(f"skipping record {_where(r)}: its properties ({', '.join(have)}) differ from those of the "
                          f"other records of task {t} ({', '.join(props[t])})")
-    samples: dict[tuple[str, str], dict[tuple, int]] = {}
+    samples: dict[tuple[str, str], Counter] = defaultdict(Counter)
     for r in ok:
         if id(r) not in bad and r.get("residuals") is not None:
-            d = samples.setdefault((r["identity"]["task"], _split_key(r)), {})
-            k = tuple(r["residuals"]["sample"])
-            d[k] = d.get(k, 0) + 1
-    common = {key: max(d, key=d.get) for key, d in samples.items()}
+            samples[(r["identity"]["task"], _split_key(r))][tuple(r["residuals"]["sample"])] += 1
+    common = {key: c.most_common(1)[0][0] for key, c in samples.items()}
     for r in ok:
         if id(r) in bad or r.get("residuals") is None:
             continue

@@ -1,9 +1,20 @@
-"""Helpers for user-facing names: "did you mean" suggestions."""
+"""Helpers for user-facing names: "did you mean" suggestions, names cut to fit a file name."""
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+
+
+def fit_name(safe: str, original: str, limit: int) -> str:
+    """``safe`` (a name made file-name safe from ``original``) cut to at most ``limit`` bytes when
+    longer, ending in a hash of ``original`` so that different long names stay apart."""
+    if len(safe.encode()) <= limit:
+        return safe
+    import hashlib
+
+    digest = hashlib.sha256(original.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return safe.encode()[: limit - 17].decode("utf-8", "ignore") + "-" + digest
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

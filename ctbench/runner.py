@@ -424,33 +424,25 @@ def _one_thread() -> Iterator[None]:
     """One BLAS / OpenMP / torch thread for the duration of a block (in-process method calls:
     the report's refits, the deep bench), as in the isolated workers: torch's reductions (hence
     a trained network) differ with its thread count."""
-    import os
-
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover
         threadpool_limits = None
-    from ctbench.executor import ONE_THREAD_ENV
+    from ctbench.executor import one_thread_env
 
-    old_env = {k: os.environ.get(k) for k in ONE_THREAD_ENV}
-    os.environ.update({k: "1" for k in ONE_THREAD_ENV})  # read by torch / MKL if first imported inside
-    torch = sys.modules.get("torch")
-    old_torch = torch.get_num_threads() if torch is not None else None
-    if torch is not None:
-        torch.set_num_threads(1)
-    limits = threadpool_limits(1) if threadpool_limits is not None else None
-    try:
-        yield
-    finally:
-        if limits is not None:
-            limits.restore_original_limits()
-        if old_torch is not None:
-            torch.set_num_threads(old_torch)
-        for k, v in old_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with one_thread_env():  # read by torch / MKL if first imported inside
+        torch = sys.modules.get("torch")
+        old_torch = torch.get_num_threads() if torch is not None else None
+        if torch is not None:
+            torch.set_num_threads(1)
+        limits = threadpool_limits(1) if threadpool_limits is not None else None
+        try:
+            yield
+        finally:
+            if limits is not None:
+                limits.restore_original_limits()
+            if old_torch is not None:
+                torch.set_num_threads(old_torch)
 
 
 def plan_packages(plan: Plan) -> list[PackageJob]:

@@ -201,18 +201,12 @@ def _ok_problem(rec: dict[str, Any]) -> str | None:
     if not isinstance(per, dict) or not per:
         return "metrics.per_property is " + ("missing" if "per_property" not in metrics else
                                              "empty" if per == {} else f"{_kind(per)}, not an object")
-    for prop, vals in per.items():
+    for where, vals in [*((f"per_property.{p}", v) for p, v in per.items()), ("mean", metrics.get("mean"))]:
         if not isinstance(vals, dict):
-            return f"metrics.per_property.{prop} is {_kind(vals)}, not an object"
+            return f"metrics.{where} is {_field(metrics, 'mean') if where == 'mean' else _kind(vals)}, not an object"
         for m in RECORD_METRICS:
             if not _is_num(vals.get(m)):
-                return f"metrics.per_property.{prop}.{m} is {_field(vals, m)}, not a number"
-    mean = metrics.get("mean")
-    if not isinstance(mean, dict):
-        return f"metrics.mean is {_field(metrics, 'mean')}, not an object"
-    for m in RECORD_METRICS:
-        if not _is_num(mean.get(m)):
-            return f"metrics.mean.{m} is {_field(mean, m)}, not a number"
+                return f"metrics.{where}.{m} is {_field(vals, m)}, not a number"
     res = rec.get("residuals")
     if res is None:
         return None
@@ -323,8 +317,6 @@ class Store:
         nearest existing parent folder, so nothing is created: concurrent sweeps probing one new
         store must not remove each other's folders); :class:`StoreError` (one line) when that
         fails. Call it before any compute, so a sweep never runs for nothing."""
-        import errno
-
         where = self.runs
         while not where.exists() and where != where.parent:
             where = where.parent
@@ -407,7 +399,6 @@ def _safe(name: Any) -> str:
     out = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in str(name))
     if not out.strip("."):
         out = "%2E" * len(out) or "%"
-    if len(out.encode()) > _MAX_NAME:
-        digest = hashlib.sha256(str(name).encode("utf-8", "surrogatepass")).hexdigest()[:16]
-        out = out.encode()[: _MAX_NAME - 17].decode("utf-8", "ignore") + "-" + digest
-    return out
+    from ctbench.names import fit_name
+
+    return fit_name(out, str(name), _MAX_NAME)

@@ -228,6 +228,17 @@ def open_client(results_dir: Path | str):
     return client, note
 
 
+def experiment_id(client, results_dir: Path | str, name: str) -> str:
+    """The id of experiment ``name``, created if missing with its artifacts beside the SQLite
+    store (not in the working directory). Call it holding :func:`tracking_lock`: two processes
+    creating one experiment at once would clash."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    loc = artifact_location(results_dir) if tracking_uri(results_dir).startswith("sqlite") else None
+    return client.create_experiment(name, artifact_location=loc)
+
+
 def _connect(uri: str):
     """A client whose store is open: the first call creates the schema of a fresh SQLite file."""
     from mlflow.tracking import MlflowClient
@@ -286,7 +297,6 @@ class MlflowSink:
 
     def __init__(self, results_dir: Path | str, warn=None):
         self.results_dir = Path(results_dir)
-        self.uri = tracking_uri(results_dir)
         self._client = None
         self._experiments: dict[str, str] = {}
         self._known: dict[str, dict[str, tuple[str, str]]] = {}  # exp id -> key -> (run id, sha)
@@ -297,7 +307,6 @@ class MlflowSink:
         """One line when the MLflow database was repaired on opening (the caller prints it)."""
         self.rebuilt = False
         """True when the database was started afresh: every record of the store should be synced."""
-        self.logged = 0
         self._warn_fn = warn or (lambda msg: warnings.warn(msg, stacklevel=4))
 
     # --- opening ------------------------------------------------------------------------------
@@ -384,13 +393,7 @@ class MlflowSink:
 
     def _experiment(self, task: str) -> str:
         if task not in self._experiments:
-            name = experiment_name(task)
-            exp = self.client.get_experiment_by_name(name)
-            if exp is None:
-                loc = artifact_location(self.results_dir) if self.uri.startswith("sqlite") else None
-                exp_id = self.client.create_experiment(name, artifact_location=loc)
-            else:
-                exp_id = exp.experiment_id
+            exp_id = experiment_id(self.client, self.results_dir, experiment_name(task))  # under the lock (_log)
             self._experiments[task] = exp_id
             self._known[exp_id] = self._existing(exp_id)
         return self._experiments[task]
@@ -487,7 +490,6 @@ class MlflowSink:
         known[key] = (run_id, sha)
         journal.append(f"F\t{exp_id}\t{key}\t{run_id}\t{sha}")
         self._append(journal)
-        self.logged += 1
         return True
 
     def sync(self, records: list[tuple[dict, Path]]) -> int:

@@ -945,9 +945,8 @@ class TuneTracker:
         try:
             from mlflow.entities import Param
 
-            from ctbench.tracking import artifact_location, open_client, tracking_lock, tracking_uri
+            from ctbench.tracking import experiment_id, open_client, tracking_lock
 
-            uri = tracking_uri(self.results_dir)
             # created, migrated or repaired under the results dir's lock (concurrent tune workers
             # and sweeps on a fresh store raced the schema migration)
             self.client, note = open_client(self.results_dir)
@@ -955,13 +954,7 @@ class TuneTracker:
                 self.warn(note)
             name = tune_experiment_name(protocol["task"])
             with tracking_lock(self.results_dir):
-                exp = self.client.get_experiment_by_name(name)
-                if exp is None:
-                    self.experiment_id = self.client.create_experiment(
-                        name, artifact_location=artifact_location(self.results_dir) if uri.startswith("sqlite") else None
-                    )
-                else:
-                    self.experiment_id = exp.experiment_id
+                self.experiment_id = experiment_id(self.client, self.results_dir, name)
             self._close_dead_parents(cfg)
             me = _this_process()
             run = self.client.create_run(

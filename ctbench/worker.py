@@ -178,16 +178,15 @@ def _one_thread(limit_blas: bool = True) -> None:
         torch.set_num_threads(1)
 
 
-THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
 def thread_settings() -> dict[str, Any]:
     """The thread counts in force in this process (recorded with every result): each BLAS /
     OpenMP pool threadpoolctl finds, torch's intra-op threads (when torch is loaded) and the
     thread variables of the environment."""
     import sys
 
-    out: dict[str, Any] = {"env": {k: os.environ.get(k) for k in THREAD_ENV}}
+    from ctbench.executor import ONE_THREAD_ENV
+
+    out: dict[str, Any] = {"env": {k: os.environ.get(k) for k in ONE_THREAD_ENV}}
     try:
         from threadpoolctl import threadpool_info
 

@@ -70,7 +70,7 @@ def sweep(
         execute(plan, jobs, on_record)
     t_run = time.perf_counter() - t1
     wall = time.perf_counter() - t0
-    from ctbench.cli.leaderboard import record_warnings
+    from ctbench.cli.common import record_warnings
     from ctbench.store import Store
 
     phases: dict[str, float] = {}
@@ -127,7 +127,7 @@ def _publish(folder: Path, records: list[dict], command: str) -> None:
     from ctbench.runner import environment
 
     folder.mkdir(parents=True, exist_ok=True)
-    from ctbench.cli.leaderboard import record_warnings
+    from ctbench.cli.common import record_warnings
 
     with record_warnings():
         rows = build_leaderboard(records, per_property=True)

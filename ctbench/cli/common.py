@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,25 @@ def friendly_errors() -> Iterator[None]:
             msg = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
             fail(msg.splitlines()[0] if msg else type(exc).__name__)
         raise
+
+
+@contextlib.contextmanager
+def record_warnings() -> Iterator[None]:
+    """Print the records skipped inside the block (``RecordWarning``) as ``warning:`` lines on
+    stderr; any other warning is shown as Python would have shown it."""
+    from ctbench.store import RecordWarning
+
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RecordWarning)
+            yield
+    finally:  # also when the block fails: the skipped records may be why
+        for w in caught:
+            if issubclass(w.category, RecordWarning):
+                typer.echo(f"warning: {w.message}", err=True)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def split_list(value: str | None) -> list[str]:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from ctbench.cli.common import fail, friendly_errors, int_list, results_dir_default, split_list
+from ctbench.cli.common import fail, friendly_errors, int_list, record_warnings, results_dir_default, split_list
 
 
 def register(app: typer.Typer) -> None:
@@ -37,11 +34,8 @@ def leaderboard(
         fail(f"--format must be table, md, csv or json, got {fmt!r}")
     with friendly_errors():
         tasks = _expand(split_list(task)) if task else None
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with record_warnings():  # a corrupt record file: one warning line naming it
             records = list(Store(results_dir).iter_records())
-        for w in caught:
-            typer.echo(f"warning: {w.message}", err=True)
         if not records:
             fail(f"no records in {results_dir}/runs; run `ctbench run` first")
         with record_warnings():
@@ -67,25 +61,6 @@ def leaderboard(
         typer.echo(f"wrote {out}", err=True)
     else:
         typer.echo(text)
-
-
-@contextlib.contextmanager
-def record_warnings() -> Iterator[None]:
-    """Print the records skipped inside the block (``RecordWarning``) as ``warning:`` lines on
-    stderr; any other warning is shown as Python would have shown it."""
-    from ctbench.store import RecordWarning
-
-    caught: list = []
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", RecordWarning)
-            yield
-    finally:  # also when the block fails: the skipped records may be why
-        for w in caught:
-            if issubclass(w.category, RecordWarning):
-                typer.echo(f"warning: {w.message}", err=True)
-            else:
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def _expand(names: list[str]) -> list[str]:

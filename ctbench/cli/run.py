@@ -80,7 +80,7 @@ def run(
         else:
             specs = [MethodSpec(m, dict(user_params), "cli" if user_params else "default") for m in methods]
         t_start = time.perf_counter()
-        from ctbench.cli.leaderboard import record_warnings
+        from ctbench.cli.common import record_warnings
 
         with record_warnings():  # a corrupt record file: one warning line, and its run is done again
             plan = _plan(specs, tasks, shot_list, reps, seed, results_dir, data, force)
@@ -102,7 +102,6 @@ def run(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    new_records: list[tuple[dict, Path]] = []
     with Progress(
         TextColumn("[bold]running[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
         TextColumn("{task.description}"), console=console, transient=False, disable=plan.n_todo == 0,
@@ -120,7 +119,6 @@ def run(
                 failures.append(f"{ident['method']} on {ident['task']} N={ident['n_shots']} rep={ident['rep']}: {err.get('type')}: {err.get('message', '').splitlines()[0] if err.get('message') else ''}")
             if sink is not None:
                 sink.log(rec, path)
-            new_records.append((rec, Path(path)))
             progress.update(bar, advance=1, description=f"{ident['method']} · {ident['task']} · N={ident['n_shots']}")
 
         from ctbench.store import StoreError

@@ -61,12 +61,9 @@ def save_figure(fig: Any, out_dir: Path, name: str, caption: str) -> SavedFigure
 def slugify(text: str) -> str:
     """A file-name-safe stem; a very long one (a long task name in a record) is cut and given a
     hash, so the file name always fits."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "figure"
-    if len(slug) > 150:
-        import hashlib
+    from ctbench.names import fit_name
 
-        slug = slug[:133] + "-" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-    return slug
+    return fit_name(re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "figure", text, 150)
 
 
 def method_colors(labels: list[str], base_name: dict[str, str]) -> dict[str, dict[str, str]]:

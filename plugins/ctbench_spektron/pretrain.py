@@ -111,19 +111,13 @@ class MlflowLogger:
         try:
             from mlflow.entities import Param
 
-            from ctbench.tracking import artifact_location, open_client, tracking_lock, tracking_uri
+            from ctbench.tracking import experiment_id, open_client, tracking_lock
 
-            uri = tracking_uri(results_dir)
             self.client, note = open_client(results_dir)  # schema created or repaired under the lock
             if note:
                 warnings.warn(note, stacklevel=2)
             with tracking_lock(results_dir):
-                exp = self.client.get_experiment_by_name(EXPERIMENT)
-                if exp is None:  # artifacts beside the store, not in the CWD
-                    loc = artifact_location(results_dir) if uri.startswith("sqlite") else None
-                    exp_id = self.client.create_experiment(EXPERIMENT, artifact_location=loc)
-                else:
-                    exp_id = exp.experiment_id
+                exp_id = experiment_id(self.client, results_dir, EXPERIMENT)
             if run_id:
                 self.client.update_run(run_id, status="RUNNING")
             else:
