@@ -1,4 +1,5 @@
-"""MLflow tracking: where it goes, how it is opened safely, and the sink that copies records.
+"""MLflow tracking: where it goes and how its store is opened safely (the sink that copies records
+is ``ctbench.mlflow_sink``).
 
 Tracking goes to ``MLFLOW_TRACKING_URI`` when set, else to a SQLite file in the results dir.
 MLflow is a copy of the records, never the truth: every MLflow fault is one warning line and
@@ -15,7 +16,9 @@ lock, so a concurrent sweep learns of it without searching the whole experiment 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Iterator
@@ -191,11 +194,26 @@ def _no_stray_folder(path: Path, uri: str) -> Iterator[None]:
                     p.rmdir()
 
 
-def open_client(results_dir: Path | str):
+def preflight(results_dir: Path | str) -> None:
+    """The quick checks of the SQLite store (a folder in its place, read-only, locked by another
+    program), under the lock and without importing MLflow: run before any compute.
+    Raises :class:`TrackingUnavailable` (one line)."""
+    path = sqlite_path(results_dir)
+    if path is None:
+        return
+    with tracking_lock(results_dir):
+        problem = _sqlite_problem(path)
+    if problem:
+        raise TrackingUnavailable(problem)
+
+
+def open_client(results_dir: Path | str, lazy: bool = False):
     """An MlflowClient for the results dir, its store created, migrated or repaired under the
     lock. Returns ``(client, note)``: ``note`` is a one-line message when the SQLite file was
     beyond use and was moved aside for a fresh one (the caller then refills it from the records).
-    Raises :class:`TrackingUnavailable` (one line) when MLflow cannot be used."""
+    With ``lazy``, a healthy SQLite file already at the installed MLflow's schema gives
+    ``(None, None)`` without importing MLflow (a second or so). Raises
+    :class:`TrackingUnavailable` (one line) when MLflow cannot be used."""
     _quiet_mlflow_logs()
     uri = tracking_uri(results_dir)
     path = sqlite_path(results_dir)
@@ -211,21 +229,136 @@ def open_client(results_dir: Path | str):
             raise TrackingUnavailable(problem)
         why = _broken(path)
         if why is None:
+            if _fresh(path) and from_template(path, results_dir):
+                return (None, None) if lazy else (_connect(uri), None)
+            if lazy and schema_current(path):
+                return None, None
+            fresh = _fresh(path)
             try:
-                return _connect(uri), None
+                client = _connect(uri)
             except Exception as exc:  # noqa: BLE001
                 why = _unusable_schema(exc, uri)
                 if why is None:
                     raise TrackingUnavailable(f"the MLflow database {path} is not usable ({_first_line(exc)})") from None
+            else:
+                if fresh:
+                    save_template(path)
+                return client, None
         _forget_engine(uri)
         moved = _move_aside(path)
         note = (f"the MLflow database {path} was {why}; moved it to {moved.name} and started a fresh one, "
                 f"filled from the records (the old file keeps any tuning runs)")
+        if from_template(path, results_dir):
+            return (None, note) if lazy else (_connect(uri), note)
         try:
             client = _connect(uri)
         except Exception as exc:  # noqa: BLE001
             raise TrackingUnavailable(f"cannot create a fresh MLflow database {path} ({_first_line(exc)})") from None
+        save_template(path)
     return client, note
+
+
+def _fresh(path: Path) -> bool:
+    return not path.exists() or (path.is_file() and path.stat().st_size == 0)
+
+
+def _template() -> Path | None:
+    """Where an empty store of the installed MLflow's schema is kept (the user cache), or None."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ctbench.data.mirror import cache_dir
+
+    head = mlflow_schema_head()
+    try:
+        return cache_dir() / "mlflow" / f"empty-{version('mlflow')}-{head}.db" if head else None
+    except PackageNotFoundError:
+        return None
+
+
+def save_template(path: Path) -> None:
+    """Keep a copy of a store MLflow has just created (empty, at its schema revision) for
+    :func:`from_template`; best effort."""
+    template = _template()
+    if template is None or schema_current(template) or not schema_current(path):
+        return  # (a template that is not an MLflow store of this revision is replaced)
+    tmp = template.with_name(f".{template.name}.{os.getpid()}.tmp")
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, template)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def from_template(path: Path, results_dir: Path | str) -> bool:
+    """Create a fresh store by copying the empty one MLflow made earlier for this MLflow version
+    and schema revision: MLflow's schema migrations take over a second, a copy milliseconds.
+    False when there is no template yet (MLflow then creates the file, and it becomes the
+    template). The default experiment's artifact folder is pointed into this results dir."""
+    import sqlite3
+
+    template = _template()
+    if template is None or not schema_current(template):
+        return False
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(template, tmp)
+        con = sqlite3.connect(tmp)
+        try:
+            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0 AND name = 'Default'",
+                        (f"{artifact_location(results_dir)}/0",))
+            con.commit()
+        finally:
+            con.close()
+        os.replace(tmp, path)
+    except (OSError, sqlite3.Error):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        return False
+    return True
+
+
+def mlflow_schema_head() -> str | None:
+    """The schema revision the installed MLflow migrates SQLite files to, read from its migration
+    scripts without importing MLflow; None when it cannot be told (then MLflow opens the file)."""
+    import importlib.util
+    import re
+
+    try:
+        spec = importlib.util.find_spec("mlflow")
+        folder = Path(next(iter(spec.submodule_search_locations))) / "store" / "db_migrations" / "versions"
+        revisions, parents = set(), set()
+        for script in folder.glob("*.py"):
+            text = script.read_text()
+            rev = re.search(r"^revision\s*=\s*['\"](\w+)['\"]", text, re.M)
+            down = re.search(r"^down_revision\s*=\s*(.+)$", text, re.M)
+            if rev is None or down is None:
+                continue
+            revisions.add(rev.group(1))
+            parents.update(re.findall(r"['\"](\w+)['\"]", down.group(1)))
+    except Exception:  # noqa: BLE001 - not installed, or laid out differently: let MLflow decide
+        return None
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def schema_current(path: Path) -> bool:
+    """Whether the SQLite file exists at the installed MLflow's schema revision."""
+    import sqlite3
+
+    head = mlflow_schema_head()
+    if head is None or not path.is_file():
+        return False
+    try:
+        con = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=SQLITE_BUSY_S)
+        try:
+            rows = con.execute("SELECT version_num FROM alembic_version").fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False
+    return rows == [(head,)]
 
 
 def experiment_id(client, results_dir: Path | str, name: str) -> str:
@@ -280,269 +413,3 @@ def _reopens(uri: str) -> bool:
         return True
     except Exception:  # noqa: BLE001
         return False
-
-
-class MlflowSink:
-    """Copies records into MLflow: one experiment per task, one run per record.
-
-    Each run carries the record key as a tag, and (once complete) the record's content hash, so
-    ``sync`` can tell which records MLflow lacks (after a kill), holds in an older form (after a
-    retry or ``--force``) or holds half-written (a run left RUNNING, or without its hash) and
-    mend it: the run count always ends equal to the record count. The first MLflow error is one
-    warning and turns logging off for the rest of the command.
-    """
-
-    KEY_TAG = "ctbench.record_key"
-    SHA_TAG = "ctbench.record_sha"
-
-    def __init__(self, results_dir: Path | str, warn=None):
-        self.results_dir = Path(results_dir)
-        self._client = None
-        self._experiments: dict[str, str] = {}
-        self._known: dict[str, dict[str, tuple[str, str]]] = {}  # exp id -> key -> (run id, sha)
-        self._journal_pos = 0
-        self._journal_id: tuple[int, int] | None = None
-        self.disabled = False
-        self.note: str | None = None
-        """One line when the MLflow database was repaired on opening (the caller prints it)."""
-        self.rebuilt = False
-        """True when the database was started afresh: every record of the store should be synced."""
-        self._warn_fn = warn or (lambda msg: warnings.warn(msg, stacklevel=4))
-
-    # --- opening ------------------------------------------------------------------------------
-
-    def open(self) -> bool:
-        """Open (create, migrate or repair) the store now, before any compute; False when MLflow
-        is unusable (one warning says why and logging is off)."""
-        if self.disabled:
-            return False
-        if self._client is None:
-            try:
-                self._client, self.note = open_client(self.results_dir)
-                self.rebuilt = self.note is not None
-                if self.rebuilt:
-                    self._reset_journal()
-            except TrackingUnavailable as exc:
-                self._off(str(exc))
-            except Exception as exc:  # noqa: BLE001
-                self._off(f"MLflow could not be opened ({_first_line(exc)})")
-        return not self.disabled
-
-    def _off(self, why: str) -> None:
-        if not self.disabled:
-            self.disabled = True
-            self._warn_fn(f"MLflow logging is off for this run: {why}; the records are safe, "
-                          f"and the next run copies them to MLflow")
-
-    @property
-    def client(self):
-        if self._client is None and not self.open():
-            raise TrackingUnavailable("MLflow is off")
-        return self._client
-
-    # --- the journal: what other processes logged since we last looked -----------------------
-
-    def _journal(self) -> Path:
-        return self.results_dir / JOURNAL_NAME
-
-    def _reset_journal(self) -> None:
-        with contextlib.suppress(OSError):
-            self._journal().write_text("")
-
-    def _catch_up(self) -> None:
-        """Apply journal lines other processes appended since our last look (under the lock)."""
-        path = self._journal()
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            st = None
-        ident = (st.st_dev, st.st_ino) if st else None
-        size = st.st_size if st else 0
-        if ident != self._journal_id or size < self._journal_pos:
-            # a new or truncated journal: what we know may be stale; read the experiments again
-            self._journal_id, self._journal_pos = ident, size
-            for exp_id in list(self._known):
-                self._known[exp_id] = self._existing(exp_id)
-            return
-        if size == self._journal_pos:
-            return
-        with open(path, "rb") as fh:
-            fh.seek(self._journal_pos)
-            data = fh.read(size - self._journal_pos)
-        self._journal_pos = size
-        for line in data.decode("utf-8", "replace").splitlines():
-            parts = line.split("\t")
-            if len(parts) != 5 or parts[1] not in self._known:
-                continue
-            op, exp_id, key, run_id, sha = parts
-            if op == "F":
-                self._known[exp_id][key] = (run_id, sha)
-            elif op == "D" and self._known[exp_id].get(key, ("",))[0] == run_id:
-                del self._known[exp_id][key]
-
-    def _append(self, lines: list[str]) -> None:
-        if not lines:
-            return
-        path = self._journal()
-        with open(path, "ab") as fh:
-            fh.write(("\n".join(lines) + "\n").encode())
-        st = path.stat()
-        self._journal_id, self._journal_pos = (st.st_dev, st.st_ino), st.st_size
-
-    # --- experiments and runs ------------------------------------------------------------------
-
-    def _experiment(self, task: str) -> str:
-        if task not in self._experiments:
-            exp_id = experiment_id(self.client, self.results_dir, experiment_name(task))  # under the lock (_log)
-            self._experiments[task] = exp_id
-            self._known[exp_id] = self._existing(exp_id)
-        return self._experiments[task]
-
-    def _existing(self, exp_id: str) -> dict[str, tuple[str, str]]:
-        """key -> (run id, sha) of the experiment's complete runs. Under the lock, a run that is
-        RUNNING or lacks its hash was left by a process that died mid-log, and a second run of
-        one key is a duplicate: both are deleted."""
-        from mlflow.entities import ViewType
-
-        out: dict[str, tuple[str, str]] = {}
-        token = None
-        while True:
-            page = self.client.search_runs([exp_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=5000, page_token=token)
-            for run in page:
-                key = run.data.tags.get(self.KEY_TAG)
-                if not key:
-                    continue
-                sha = run.data.tags.get(self.SHA_TAG, "")
-                if run.info.status == "RUNNING" or not sha or key in out:
-                    self.client.delete_run(run.info.run_id)
-                    continue
-                out[key] = (run.info.run_id, sha)
-            token = page.token
-            if not token:
-                break
-        return out
-
-    def log(self, record: dict, path: Path | str) -> None:
-        """Log one record (replacing an older copy of the same key)."""
-        if self.disabled:
-            return
-        try:
-            with tracking_lock(self.results_dir):
-                self._catch_up()
-                self._log(record, Path(path))
-        except Exception as exc:  # never lose a record to MLflow
-            self._off(f"logging failed ({_first_line(exc)})")
-
-    def _log(self, record: dict, path: Path) -> bool:
-        """Log under the lock; True when a run was written."""
-        from mlflow.entities import Metric, Param, RunTag
-
-        from ctbench.store import canonical_json, record_key
-
-        ident = record["identity"]
-        exp_id = self._experiment(ident["task"])
-        key = str(record.get("key") or record_key(ident))
-        sha = hashlib_sha(canonical_json({k: v for k, v in record.items() if not k.startswith("_")}))
-        known = self._known[exp_id]
-        journal = []
-        if key in known:
-            if known[key][1] == sha:
-                return False
-            self.client.delete_run(known[key][0])
-            journal.append(f"D\t{exp_id}\t{key}\t{known[key][0]}\t-")
-            del known[key]
-        status = record["status"]
-        run = self.client.create_run(
-            exp_id,
-            run_name=f"{ident['method']}-N{ident['n_shots']}-rep{ident['rep']}",
-            tags={
-                self.KEY_TAG: key,  # the hash tag comes last, once the run is complete
-                "ctbench.status": status,
-                "ctbench.task_version": str(ident["task_version"]),
-                "ctbench.method_version": str(ident["method_version"]),
-                "ctbench.split_hash": str((record.get("split") or {}).get("hash", "")),
-                "ctbench.transductive": str(record.get("transductive", False)),
-            },
-        )
-        run_id = run.info.run_id
-        params = [Param(f"param.{k}", str(v)[:500]) for k, v in sorted((ident.get("params") or {}).items())]
-        params += [
-            Param("method", str(ident["method"])),
-            Param("task", str(ident["task"])),
-            Param("n_shots", str(ident["n_shots"])),
-            Param("rep", str(ident["rep"])),
-            Param("seed", str(ident["seed"])),
-        ]
-        metrics = []
-        ts = 0
-        m = record.get("metrics") or {}
-        for name, value in (m.get("mean") or {}).items():
-            metrics.append(Metric(name, _finite(value), ts, 0))
-        for prop, vals in (m.get("per_property") or {}).items():
-            for name, value in (vals or {}).items():
-                metrics.append(Metric(f"{prop}.{name}", _finite(value), ts, 0))
-        for name, value in (record.get("timings") or {}).items():
-            metrics.append(Metric(f"time.{name}", _finite(value), ts, 0))
-        self.client.log_artifact(run_id, str(path))
-        self.client.log_batch(run_id, metrics=metrics, params=params,
-                              tags=[RunTag("mlflow.note.content", "ctbench record"), RunTag(self.SHA_TAG, sha)])
-        self.client.set_terminated(run_id, status="FINISHED" if status == "ok" else "FAILED")
-        known[key] = (run_id, sha)
-        journal.append(f"F\t{exp_id}\t{key}\t{run_id}\t{sha}")
-        self._append(journal)
-        return True
-
-    def sync(self, records: list[tuple[dict, Path]]) -> int:
-        """Make MLflow hold exactly one current run per given record; returns runs written."""
-        if self.disabled or not records:
-            return 0
-        written = 0
-        try:
-            for i in range(0, len(records), SYNC_CHUNK):  # let a concurrent sweep log in between
-                with tracking_lock(self.results_dir):
-                    self._catch_up()
-                    for rec, path in records[i:i + SYNC_CHUNK]:
-                        written += self._log(rec, Path(path))
-        except Exception as exc:
-            self._off(f"sync failed ({_first_line(exc)})")
-        return written
-
-    def close(self) -> None:
-        """Delete runs of this command's experiments left RUNNING by a process that died while
-        logging (every writer completes its run within one hold of the lock, so under the lock
-        a RUNNING run is an orphan)."""
-        if self.disabled or self._client is None or not self._known:
-            return
-        try:
-            with tracking_lock(self.results_dir):
-                self._catch_up()
-                runs = self.client.search_runs(list(self._known), filter_string="attributes.status = 'RUNNING'",
-                                               max_results=5000)
-                gone = []
-                for run in runs:
-                    key = run.data.tags.get(self.KEY_TAG)
-                    if key:
-                        self.client.delete_run(run.info.run_id)
-                        exp_id = run.info.experiment_id
-                        if self._known.get(exp_id, {}).get(key, ("",))[0] == run.info.run_id:
-                            del self._known[exp_id][key]
-                        gone.append(f"D\t{exp_id}\t{key}\t{run.info.run_id}\t-")
-                self._append(gone)
-        except Exception as exc:  # noqa: BLE001
-            self._off(f"closing failed ({_first_line(exc)})")
-
-
-def hashlib_sha(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _finite(value) -> float:
-    import math
-
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return float("nan")
-    return v if math.isfinite(v) else float("nan")

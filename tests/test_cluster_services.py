@@ -237,8 +237,9 @@ def test_a_sweep_logged_to_a_real_mlflow_server(mlflow_server, tmp_path):
     """`ctbench run` with MLFLOW_TRACKING_URI=http://...: the server holds one run per record,
     with its params, metrics and the record as an artifact uploaded through the server; a rerun
     adds nothing."""
+    from ctbench.mlflow_sink import MlflowSink
     from ctbench.store import Store
-    from ctbench.tracking import MlflowSink, experiment_name
+    from ctbench.tracking import experiment_name
 
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}, "MLFLOW_TRACKING_URI": mlflow_server.uri}
     cmd = [sys.executable, "-m", "ctbench", "run", "-m", "sbc", "-t", "demo", "--shots", "5", "--reps", "2",

@@ -37,8 +37,9 @@ def sweep(
     results_dir: Optional[Path] = typer.Option(None, "--results-dir", help="Store (default: a fresh temporary folder, so everything is computed)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
     publish: Optional[Path] = typer.Option(None, "--publish", help="Also write the leaderboard (Markdown + JSON) into this folder."),
+    mlflow: bool = typer.Option(False, "--mlflow", help="Copy the records to MLflow as `ctbench run` does (its cost is then in the wall time)."),
 ) -> None:
-    """Run a sweep without MLflow and print its wall time and records per second."""
+    """Run a sweep (without MLflow unless --mlflow) and print its wall time and records per second."""
     from ctbench.runner import MethodSpec, execute
 
     console = stderr_console()
@@ -57,6 +58,11 @@ def sweep(
     t_plan = time.perf_counter() - t0
     console.print(f"{plan.n_todo} runs to do ({plan.n_done} already stored), {len(plan.units)} (method, task) fits, {jobs} processes; {len(plan.skipped)} impossible (task, method, N) combinations skipped")
     counts = {"ok": 0, "failed": 0}
+    sink = None
+    if mlflow:
+        from ctbench.cli.run import start_mlflow
+
+        sink = start_mlflow(plan, results_dir, console)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     t1 = time.perf_counter()
@@ -65,9 +71,19 @@ def sweep(
 
         def on_record(status: str, path: str) -> None:
             counts[status] = counts.get(status, 0) + 1
+            if sink is not None:
+                import json
+
+                sink.submit(json.loads(Path(path).read_text()), path)
             progress.advance(bar)
 
         execute(plan, jobs, on_record)
+    t_compute = time.perf_counter() - t1
+    if sink is not None:
+        from ctbench.cli.run import finish_mlflow
+        from ctbench.mlflow_sink import count_runs
+
+        finish_mlflow(sink, results_dir, console)
     t_run = time.perf_counter() - t1
     wall = time.perf_counter() - t0
     from ctbench.cli.common import record_warnings
@@ -93,6 +109,11 @@ def sweep(
     typer.echo(f"records: {n} ({counts['ok']} ok, {counts['failed']} failed)")
     typer.echo(f"wall time: {wall:.1f} s (planning and data loading {t_plan:.1f} s, runs {t_run:.1f} s) on {jobs} process(es)")
     typer.echo(f"throughput: {n / max(t_run, 1e-9):.1f} records/s")
+    if sink is not None:
+        runs = count_runs(results_dir)
+        typer.echo(f"MLflow ({sink.backend or 'off'}): {'?' if runs is None else runs} record runs for "
+                   f"{len(records)} records in the store; {t_run - t_compute:.2f} s spent after the last record "
+                   f"finishing the copy" + (" (MLflow was switched off: see the warning)" if sink.disabled else ""))
     for k, v in sorted(phases.items()):
         typer.echo(f"  summed {k}: {v:.1f} s")
     typer.echo("  per method (fit + transfer + predict, summed over processes): " + ", ".join(

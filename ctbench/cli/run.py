@@ -90,13 +90,7 @@ def run(
         f"{plan.n_total} runs in the grid: {plan.n_done} already in {results_dir}, {plan.n_todo} to do"
         + (f" in {jobs} processes" if jobs > 1 and plan.n_todo else "")
     )
-    sink = None
-    if not no_mlflow and plan.n_total:
-        from ctbench.tracking import MlflowSink
-
-        sink = MlflowSink(results_dir, warn=lambda msg: typer.echo(f"warning: {msg}", err=True))
-        if sink.open() and sink.note:  # opened (created, migrated or repaired) before any compute
-            typer.echo(f"warning: {sink.note}", err=True)
+    sink = start_mlflow(plan, results_dir, console) if not no_mlflow and plan.n_total else None
     statuses: dict[str, int] = {"ok": 0, "failed": 0}
     failures: list[str] = []
 
@@ -118,7 +112,7 @@ def run(
                 err = rec.get("error") or {}
                 failures.append(f"{ident['method']} on {ident['task']} N={ident['n_shots']} rep={ident['rep']}: {err.get('type')}: {err.get('message', '').splitlines()[0] if err.get('message') else ''}")
             if sink is not None:
-                sink.log(rec, path)
+                sink.submit(rec, path)
             progress.update(bar, advance=1, description=f"{ident['method']} · {ident['task']} · N={ident['n_shots']}")
 
         from ctbench.store import StoreError
@@ -136,6 +130,8 @@ def run(
                 execute(plan, jobs, on_record, timeout=timeout, data_dir=data)
         except KeyboardInterrupt:
             progress.stop()
+            if sink is not None:
+                sink.finish(timeout=5.0)  # what the writer has not copied, the next run does
             done = statuses.get("ok", 0) + statuses.get("failed", 0)
             console.print(
                 f"[yellow]interrupted:[/] workers stopped; {done} new record(s) kept in {results_dir / 'runs'} "
@@ -144,18 +140,12 @@ def run(
             raise typer.Exit(130)
         except StoreError as exc:
             progress.stop()
+            if sink is not None:
+                sink.finish(timeout=5.0)
             done = statuses.get("ok", 0) + statuses.get("failed", 0)
             fail(f"{exc} ({done} new record(s) were written before it)", code=1)
     if sink is not None:
-        # records the plan skipped (or, after a repair, every record) that MLflow lacks or holds half-written
-        todo = plan.done_records
-        if sink.rebuilt:
-            from ctbench.store import Store
-
-            with record_warnings():
-                todo = [(r, Path(r.pop("_path"))) for r in Store(results_dir).iter_records()]
-        mended = sink.sync(todo)
-        sink.close()
+        mended = finish_mlflow(sink, results_dir, console)
         if mended:
             console.print(f"MLflow: logged {mended} record(s) it was missing")
     elapsed = time.perf_counter() - t_start
@@ -169,6 +159,40 @@ def run(
         if len(failures) > 10:
             console.print(f"... and {len(failures) - 10} more (see the records' error field)")
         raise typer.Exit(1)
+
+
+def start_mlflow(plan, results_dir: Path, console):
+    """The MLflow sink of a sweep: its quick checks before any compute (one warning when MLflow
+    cannot be used), then a writer thread that opens the store and copies records as they come,
+    starting with the stored ones that MLflow lacks or holds half-written."""
+    from ctbench.mlflow_sink import MlflowSink
+
+    sink = MlflowSink(results_dir, warn=lambda msg: console.print(f"warning: {msg}", markup=False, highlight=False,
+                                                                  soft_wrap=True))
+    if sink.open():
+        sink.start(sorted({u.card.name for u in plan.units}))
+        for rec, path in plan.done_records:
+            sink.submit(rec, path, stored=True)
+    return sink
+
+
+def finish_mlflow(sink, results_dir: Path, console) -> int:
+    """Wait for the MLflow writer (saying so when it is still busy); after a repair of the
+    database copy every stored record. Returns the runs written for records stored before."""
+    from ctbench.cli.common import record_warnings
+    from ctbench.mlflow_sink import item
+
+    waiting = sink.pending()
+    if waiting > 100:
+        console.print(f"MLflow: copying the last {waiting} record(s)")
+    sink.drain()
+    if sink.rebuilt and not sink.disabled:  # a fresh database: fill it from every record of the store
+        from ctbench.store import Store
+
+        with record_warnings():
+            every = [item(r, r["_path"], stored=True) for r in Store(results_dir).iter_records()]
+        sink.write(every)
+    return sink.finish()
 
 
 def _group_specs(specs):
