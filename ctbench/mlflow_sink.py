@@ -37,6 +37,7 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,11 @@ def draft(record: dict, path: Path, data: bytes, key: str) -> Draft:
                  path, data)
 
 
+def _table_columns(con, table: str) -> dict[str, tuple]:
+    """Column name -> ``PRAGMA table_info`` row."""
+    return {row[1]: row for row in con.execute(f"PRAGMA table_info({table})")}
+
+
 def _required(column: tuple) -> bool:
     """A ``PRAGMA table_info`` row that an insert must fill: NOT NULL (or a primary key that is
     not SQLite's row id) without a default."""
@@ -212,7 +218,7 @@ class SqlRuns:
             con = sqlite3.connect(path, timeout=SQLITE_BUSY_S)
             try:
                 for table, known in {**cls.WRITTEN, **cls.READ}.items():
-                    cols = {row[1]: row for row in con.execute(f"PRAGMA table_info({table})")}
+                    cols = _table_columns(con, table)
                     if not set(known) <= set(cols):
                         return False
                     if table in cls.WRITTEN and any(name not in known and _required(row) for name, row in cols.items()):
@@ -239,7 +245,7 @@ class SqlRuns:
             now = int(time.time() * 1000)
             cols = {"name": name, "artifact_location": location, "lifecycle_stage": "active", "creation_time": now,
                     "last_update_time": now}
-            if "workspace" in self._columns("experiments"):
+            if "workspace" in _table_columns(self.con, "experiments"):
                 cols["workspace"] = "default"  # what MLflow's store without workspaces writes
             with self._transaction():
                 cur = self.con.execute(f"INSERT INTO experiments ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
@@ -258,18 +264,13 @@ class SqlRuns:
     EXPERIMENT_COLUMNS = ("experiment_id", "name", "artifact_location", "lifecycle_stage", "creation_time",
                           "last_update_time", "workspace")
 
-    def _columns(self, table: str) -> dict[str, tuple]:
-        return {row[1]: row for row in self.con.execute(f"PRAGMA table_info({table})")}
-
     def _creates_experiments(self) -> bool:
         """Whether an experiment may be inserted here as MLflow's store without workspaces does
         (with MLflow's workspaces switched on, or an unknown required column, the client does it)."""
-        import os
-
         if os.environ.get("MLFLOW_ENABLE_WORKSPACES", "").strip().lower() not in ("", "0", "false"):
             return False
         return not any(name not in self.EXPERIMENT_COLUMNS and _required(row)
-                       for name, row in self._columns("experiments").items())
+                       for name, row in _table_columns(self.con, "experiments").items())
 
     def runs(self, exp_id: str) -> list[tuple[str, str, str, str]]:
         """(run id, status, key, sha) of the experiment's active record runs, newest first."""
@@ -290,12 +291,15 @@ class SqlRuns:
         return [(str(e), r, k) for e, r, k in rows]
 
     def delete(self, run_ids: list[str]) -> None:
-        """Mark runs deleted, as MLflow's ``delete_run`` does (record runs carry no assessments)."""
         if run_ids:
-            now = int(time.time() * 1000)
             with self._transaction():
-                self.con.executemany("UPDATE runs SET lifecycle_stage = 'deleted', deleted_time = ? WHERE run_uuid = ?",
-                                     [(now, r) for r in run_ids])
+                self._mark_deleted(run_ids, int(time.time() * 1000))
+
+    def _mark_deleted(self, run_ids: list[str], now: int) -> None:
+        """Mark runs deleted, as MLflow's ``delete_run`` does (record runs carry no assessments);
+        inside a transaction."""
+        self.con.executemany("UPDATE runs SET lifecycle_stage = 'deleted', deleted_time = ? WHERE run_uuid = ?",
+                             [(now, r) for r in run_ids])
 
     def write(self, exp_id: str, drafts: list[Draft], replaced: list[str]) -> None:
         """Delete ``replaced`` and insert ``drafts`` in one transaction (artifacts copied first)."""
@@ -313,15 +317,11 @@ class SqlRuns:
                 nan = math.isnan(v)
                 metrics.append((k, 0.0 if nan else v, 0, 0, int(nan), d.run_id))
         with self._transaction():
-            if replaced:
-                self.con.executemany("UPDATE runs SET lifecycle_stage = 'deleted', deleted_time = ? WHERE run_uuid = ?",
-                                     [(now, r) for r in replaced])
-            self.con.executemany(f"INSERT INTO runs ({', '.join(self.WRITTEN['runs'])}) VALUES ({', '.join('?' * 14)})", runs)
-            self.con.executemany("INSERT INTO tags (key, value, run_uuid) VALUES (?, ?, ?)", tags)
-            self.con.executemany("INSERT INTO params (key, value, run_uuid) VALUES (?, ?, ?)", params)
-            for table in ("metrics", "latest_metrics"):
-                self.con.executemany(f"INSERT INTO {table} (key, value, timestamp, step, is_nan, run_uuid) "
-                                     f"VALUES (?, ?, ?, ?, ?, ?)", metrics)
+            self._mark_deleted(replaced, now)
+            for table, rows in (("runs", runs), ("tags", tags), ("params", params), ("metrics", metrics),
+                                ("latest_metrics", metrics)):
+                cols = self.WRITTEN[table]
+                self.con.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", rows)
 
     @contextlib.contextmanager
     def _transaction(self):
@@ -453,16 +453,21 @@ class MlflowSink:
 
     def _opened(self) -> bool:
         """Open the store unless open; False (after one warning) when MLflow cannot be used."""
-        if self.disabled:
-            return False
-        try:
-            if self._runs is None:
+        if not self.disabled and self._runs is None:
+            with self._faults("MLflow could not be opened"):
                 self._connect()
+        return not self.disabled
+
+    @contextlib.contextmanager
+    def _faults(self, what: str) -> Iterator[None]:
+        """Any MLflow fault inside: one warning (its own line, or ``what`` and the error's first
+        line), and the sink is off. Records are never touched here, so nothing is lost."""
+        try:
+            yield
         except TrackingUnavailable as exc:
             self._off(str(exc))
-        except Exception as exc:  # noqa: BLE001
-            self._off(f"MLflow could not be opened ({_first_line(exc)})")
-        return not self.disabled
+        except Exception as exc:  # noqa: BLE001 - never lose a record to MLflow
+            self._off(f"{what} ({_first_line(exc)})")
 
     def _off(self, why: str) -> None:
         if not self.disabled:
@@ -492,15 +497,10 @@ class MlflowSink:
             with contextlib.suppress(OSError):
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICE)
         if tasks and self._opened():
-            try:
-                with tracking_lock(self.results_dir):
-                    self._catch_up()
-                    for task in tasks:
-                        self._experiment(task)
-            except TrackingUnavailable as exc:
-                self._off(str(exc))
-            except Exception as exc:  # noqa: BLE001
-                self._off(f"MLflow could not be opened ({_first_line(exc)})")
+            with self._faults("MLflow could not be opened"), tracking_lock(self.results_dir):
+                self._catch_up()
+                for task in tasks:
+                    self._experiment(task)
         stop = False
         while not stop:
             batch = [self._queue.get()]
@@ -552,46 +552,49 @@ class MlflowSink:
         if not self._opened():
             return 0
         written = 0
-        try:
+        with self._faults("logging failed"):
             for i in range(0, len(items), BATCH_MAX):
                 with tracking_lock(self.results_dir):
                     self._catch_up()
-                    per_exp: dict[str, tuple[dict[str, Draft], list[str], list[str]]] = {}
-                    stored_keys: set[str] = set()
-                    for task, key, path, stored in items[i:i + BATCH_MAX]:
-                        exp_id = self._experiment(task)
-                        try:
-                            data = path.read_bytes()
-                        except OSError:  # gone since (another sweep's --force replaces atomically): next time
-                            continue
-                        old = self._known[exp_id].get(key)
-                        if old is not None and old[1] == record_sha(data):
-                            continue
-                        try:
-                            current = json.loads(data)  # what the file holds now: the run matches its hash
-                        except ValueError:  # replaced by something unreadable since: `run` redoes it
-                            continue
-                        drafts, replaced, journal = per_exp.setdefault(exp_id, ({}, [], []))
-                        drafts.pop(key, None)  # the same record twice in one batch: the later wins
-                        if old is not None:
-                            replaced.append(old[0])
-                            journal.append(f"D\t{exp_id}\t{key}\t{old[0]}\t-")
-                        drafts[key] = draft(current, path, data, key)
-                        if stored:
-                            stored_keys.add(key)
-                    for exp_id, (by_key, replaced, journal) in per_exp.items():
-                        drafts = list(by_key.values())
-                        self._runs.write(exp_id, drafts, replaced)
-                        for d in drafts:
-                            self._known[exp_id][d.key] = (d.run_id, d.sha)
-                            journal.append(f"F\t{exp_id}\t{d.key}\t{d.run_id}\t{d.sha}")
-                            self.mended += d.key in stored_keys
-                        written += len(drafts)
-                        self._append(journal)
-        except TrackingUnavailable as exc:
-            self._off(str(exc))
-        except Exception as exc:  # never lose a record to MLflow
-            self._off(f"logging failed ({_first_line(exc)})")
+                    written += self._write_batch(items[i:i + BATCH_MAX])
+        return written
+
+    def _write_batch(self, items: list[tuple[str, str, Path, bool]]) -> int:
+        """Under the lock: write the records MLflow lacks or holds in another version, replacing
+        the older runs; returns the runs written."""
+        per_exp: dict[str, tuple[dict[str, Draft], list[str], list[str]]] = {}  # drafts by key, replaced, journal
+        stored_keys: set[str] = set()
+        for task, key, path, stored in items:
+            exp_id = self._experiment(task)
+            try:
+                data = path.read_bytes()
+            except OSError:  # gone since (another sweep's --force replaces atomically): next time
+                continue
+            old = self._known[exp_id].get(key)
+            if old is not None and old[1] == record_sha(data):
+                continue
+            try:
+                current = json.loads(data)  # what the file holds now: the run matches its hash
+            except ValueError:  # replaced by something unreadable since: `run` redoes it
+                continue
+            drafts, replaced, journal = per_exp.setdefault(exp_id, ({}, [], []))
+            drafts.pop(key, None)  # the same record twice in one batch: the later wins
+            if old is not None:
+                replaced.append(old[0])
+                journal.append(f"D\t{exp_id}\t{key}\t{old[0]}\t-")
+            drafts[key] = draft(current, path, data, key)
+            if stored:
+                stored_keys.add(key)
+        written = 0
+        for exp_id, (by_key, replaced, journal) in per_exp.items():
+            drafts = list(by_key.values())
+            self._runs.write(exp_id, drafts, replaced)
+            for d in drafts:
+                self._known[exp_id][d.key] = (d.run_id, d.sha)
+                journal.append(f"F\t{exp_id}\t{d.key}\t{d.run_id}\t{d.sha}")
+                self.mended += d.key in stored_keys
+            written += len(drafts)
+            self._append(journal)
         return written
 
     def _experiment(self, task: str) -> str:
@@ -621,17 +624,14 @@ class MlflowSink:
         a RUNNING run is an orphan)."""
         if self.disabled or self._runs is None or not self._known:
             return
-        try:
-            with tracking_lock(self.results_dir):
-                self._catch_up()
-                found = self._runs.running(list(self._known))
-                self._runs.delete([run_id for _, run_id, _ in found])
-                for exp_id, run_id, key in found:
-                    if self._known.get(exp_id, {}).get(key, ("",))[0] == run_id:
-                        del self._known[exp_id][key]
-                self._append([f"D\t{exp_id}\t{key}\t{run_id}\t-" for exp_id, run_id, key in found])
-        except Exception as exc:  # noqa: BLE001
-            self._off(f"closing failed ({_first_line(exc)})")
+        with self._faults("closing failed"), tracking_lock(self.results_dir):
+            self._catch_up()
+            found = self._runs.running(list(self._known))
+            self._runs.delete([run_id for _, run_id, _ in found])
+            for exp_id, run_id, key in found:
+                if self._known.get(exp_id, {}).get(key, ("",))[0] == run_id:
+                    del self._known[exp_id][key]
+            self._append([f"D\t{exp_id}\t{key}\t{run_id}\t-" for exp_id, run_id, key in found])
 
     # --- the journal: what other processes logged since we last looked ------------------------------
 

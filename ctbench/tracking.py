@@ -20,7 +20,6 @@ import functools
 import os
 import shutil
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -229,11 +228,11 @@ def open_client(results_dir: Path | str, lazy: bool = False):
             raise TrackingUnavailable(problem)
         why = _broken(path)
         if why is None:
-            if _fresh(path) and from_template(path, results_dir):
+            fresh = _fresh(path)
+            if fresh and from_template(path, results_dir):
                 return (None, None) if lazy else (_connect(uri), None)
             if lazy and schema_current(path):
                 return None, None
-            fresh = _fresh(path)
             try:
                 client = _connect(uri)
             except Exception as exc:  # noqa: BLE001
@@ -319,6 +318,7 @@ def from_template(path: Path, results_dir: Path | str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=1)
 def mlflow_schema_head() -> str | None:
     """The schema revision the installed MLflow migrates SQLite files to, read from its migration
     scripts without importing MLflow; None when it cannot be told (then MLflow opens the file)."""
