@@ -9,7 +9,9 @@ default in ``__init__``:
   ``3.5``, ``"abc"`` or ``true`` are refused;
 - ``float`` default: a finite number or a string holding one (``3`` -> ``3.0``, ``"1e-3"``);
 - ``bool`` default: ``true`` or ``false`` only;
-- ``None``, string, list or tuple default (no fixed type): the value is kept as given.
+- ``None`` default annotated ``int | None`` or ``float | None`` (``Optional[...]``): as ``int`` /
+  ``float`` above, ``null`` kept;
+- any other ``None``, string, list or tuple default (no fixed type): the value is kept as given.
 
 ``null`` is always kept (methods use it for "choose automatically"). ``random_state`` is owned by
 the runner (every run is seeded from ``--seed``) and cannot be set.
@@ -104,7 +106,29 @@ def normalise_params(cls: Any, params: dict[str, Any], method: str | None = None
             f"use --seed instead of --param {owned[0]}"
         )
     defaults = cls.default_params()
-    return {k: normalise_value(method, k, defaults.get(k), v) for k, v in params.items()}
+    return {k: normalise_value(method, k, _prototype(cls, k, defaults.get(k)), v) for k, v in params.items()}
+
+
+_OPTIONAL_NUMBER = {"int": 0, "float": 0.0}
+
+
+def _prototype(cls: Any, key: str, default: Any) -> Any:
+    """The value whose type a parameter takes: its default, or for a ``None`` default annotated
+    ``int | None`` / ``float | None`` (also ``Optional[int]``), 0 / 0.0."""
+    if default is not None:
+        return default
+    import inspect
+
+    try:
+        annotation = inspect.signature(cls.__init__).parameters[key].annotation
+    except (KeyError, TypeError, ValueError):
+        return None
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    text = text.replace(" ", "").replace("typing.", "")
+    for name, proto in _OPTIONAL_NUMBER.items():
+        if text in (f"{name}|None", f"None|{name}", f"Optional[{name}]"):
+            return proto
+    return None
 
 
 def is_flat(value: Any) -> bool:

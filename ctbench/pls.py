@@ -212,7 +212,9 @@ def _cv_press(
         tt = np.where(active, tt, 1.0)
         ca = np.where(active, np.einsum("fmk,fmk->fk", f, t) / tt, 0.0)
         t = t * active[:, None, :]
-        U[..., a] = f * inv[:, None, :]
+        # a component stopped by the score rule is unused: no u, so P^T W gets its identity row
+        # (a u without its score left a zero row there, a singular matrix)
+        U[..., a] = f * (inv * active)[:, None, :]
         T[..., a] = t / np.sqrt(tt)[:, None, :]
         tt_all[..., a] = tt
         c[..., a] = ca

@@ -89,13 +89,18 @@ def rmse(pred: np.ndarray, y: np.ndarray) -> float:
 def test_hook_registers_the_classical_methods():
     from ctbench_classical import ModelUpdate
 
+    from ctbench_classical import CORAL, SST
+
     classes = ctbench_register_methods()
-    assert classes == [SBC, ModelUpdate] + ALL[1:]
-    assert [c.name for c in classes] == ["sbc", "model_update", "ds", "pds", "cca", "dipls", "dipls_t", "mdipls", "gctpls"]
+    assert classes[:9] == [SBC, ModelUpdate] + ALL[1:]
+    assert [c.name for c in classes] == [
+        "sbc", "model_update", "ds", "pds", "cca", "dipls", "dipls_t", "mdipls", "gctpls",
+        "sst", "coral", "epo", "top", "glsw", "pfce_ns", "pfce_ss", "pfce_fs", "jypls", "prep_sbc",
+    ]
     for cls in classes:
         assert issubclass(cls, TransferMethod)
         assert "random_state" in cls.default_params()
-        assert cls.tags.corrects_spectra == (cls in (DS, PDS, CCA))
+        assert cls.tags.corrects_spectra == (cls in (DS, PDS, CCA, SST, CORAL))
     assert DIPLSTransductive.tags.transductive and DIPLSTransductive.tags.zero_shot
     assert not any(c.tags.transductive or c.tags.zero_shot for c in classes if c is not DIPLSTransductive)
     assert {DS.tags.min_shots, PDS.tags.min_shots, CCA.tags.min_shots, MDIPLS.tags.min_shots} == {2}
@@ -211,6 +216,56 @@ def test_pds_recovers_a_pure_wavelength_shift(shift, params):
     assert np.abs(Z - Xs[35:]).max() < 0.1 * np.abs(Xs).max()  # the truncated ends stay sane
 
 
+@pytest.mark.parametrize("step,expected", [(2.0, [1, 2, 4, 8]), (0.5, [4, 8, 16]), (8.0, [1, 2]), (1.0, [2, 4, 8, 16])])
+def test_pds_window_candidates_are_given_in_axis_units(step, expected):
+    X, y, _ = lowrank(30, p=40)
+    src = SourceData(X=X, y=y, axis=1000.0 + step * np.arange(40), axis_unit="nm", properties=PROPS)
+    m = PDS().fit(src)
+    assert m.half_windows() == expected
+    assert PDS(half_window=3).fit(src).half_windows() == [3]
+    assert PDS(half_widths=(6.0,)).fit(src).half_windows() == [max(1, min(16, round(6.0 / step)))]
+
+
+def test_pds_chooses_a_window_wide_enough_for_the_shift():
+    # target = source seen 5 channels later, spectra of 10 rough (white-noise) components, so no
+    # window of +-1 .. +-4 channels holds the source channel's information; +-8 (16 nm on this 2 nm
+    # grid) does. The leave-one-out over the standards must see it and report it in nm.
+    rng = np.random.default_rng(1)
+    n, p, shift = 80, 90, 5
+    conc = rng.uniform(0.1, 1.0, size=(n, 10))
+    X = conc @ rng.normal(size=(10, p + shift))
+    y = conc[:, :2] * np.array([10.0, 3.0])
+    Xs, Xt = X[:, shift:], X[:, :p]
+    axis = 2.0 * np.arange(p)
+    src = SourceData(X=Xs[:40], y=y[:40], axis=axis, axis_unit="nm", properties=PROPS)
+    std = Standards(X_source=Xs[40:60], X_target=Xt[40:60], y=y[40:60], axis=axis, axis_unit="nm", properties=PROPS)
+    m = PDS().fit(src).transfer(std)
+    assert m.selected_["half_window"] == 8
+    chosen = m.chosen_params()
+    assert chosen["selected_by_loo"] and chosen["half_width"] == 16.0 and chosen["axis_unit"] == "nm"
+    err = rmse(m.predict(Xt[60:]), y[60:])
+    narrow = [rmse(PDS(half_window=h).fit(src).transfer(std).predict(Xt[60:]), y[60:]) for h in (1, 2, 4)]
+    assert err < 0.3 * narrow[0] and err < 0.4 * narrow[1] and err < 0.75 * narrow[2]
+
+
+def test_pds_leave_one_out_in_chunks_equals_all_at_once(shifted_task, monkeypatch):
+    from ctbench_classical import pds as pds_module
+    from ctbench_classical._common import sample_folds
+
+    src, std, _, _, _ = shifted_task
+    m = PDS().fit(src)
+    n = std.X_source.shape[0]
+    Xs, Xt = np.asarray(std.X_source, float), np.asarray(std.X_target, float)
+    cands = m._candidates(n)
+    for groups in (None, np.asarray([f"s{i // 2}" for i in range(n)])):
+        folds = sample_folds(groups, n)
+        whole = m._loo_errors(Xs, Xt, cands, folds)
+        monkeypatch.setattr(pds_module, "LOO_CHUNK_FLOATS", 1)  # one fold at a time
+        parts = m._loo_errors(Xs, Xt, cands, folds)
+        monkeypatch.undo()
+        np.testing.assert_allclose(parts, whole, rtol=1e-10, atol=1e-12 * np.abs(whole).max())
+
+
 def test_pds_vectorized_equals_a_loop_over_channels_with_truncated_windows():
     rng = np.random.default_rng(7)
     n, p, h = 9, 12, 2
@@ -252,7 +307,7 @@ def test_pds_transfer_of_700_channels_builds_a_banded_map():
     Xs = Xt + 0.01 * rng.normal(size=(n, p))
     m = PDS(half_window=5, n_components=2)
     m.source_model_ = PLSCalibration(n_components=2).fit(Xs, rng.normal(size=(n, 2)))  # skip the CV
-    m.n_channels_, m.n_properties_, m.y_scale_ = p, 2, np.ones(2)
+    m.n_channels_, m.n_properties_, m.y_scale_, m.axis_step_ = p, 2, np.ones(2), 1.0
     m.transfer(standards(Xs, Xt, np.zeros((n, 2))))
     assert m.transfer_matrix_.shape == (p, p)
 
@@ -637,3 +692,41 @@ def test_bench_sweep_skips_impossible_shots_of_a_named_task(tmp_path):
     md = (out / "reference_leaderboard.md").read_text()
     assert "Regenerate: `CTBENCH_DATA=<data mirror> ctbench bench sweep --jobs 1 --method no_transfer,target_only,sbc" in md
     assert "--task synthetic_a_b --shots 0,5 --reps 1 --publish" in md
+    # the protocol line describes the outer splits the records saw, per dataset
+    assert "Protocol (leaderboard v2): synthetic: 5 grouped outer folds (" in md and "shared by its 1 task; a repetition is" in md
+
+
+# --- cross-check against an independent open implementation (test-only) ---------------------------
+
+
+def test_pds_matches_pynir_on_a_real_split(monkeypatch):
+    """pynir's PDS (ordinary least squares per window, with intercept) on the same standards of the
+    same real split: PDS with a TSVD of full rank (2h + 1 <= N - 1) is that regression, so the
+    transferred spectra agree on every channel whose window is whole (pynir shifts the windows at
+    the ends where PDS truncates them)."""
+    pytest.importorskip("pynir")
+    import os
+    from pathlib import Path
+
+    from pynir.CalibrationTransfer import PDS as PynirPDS
+
+    from ctbench.cards import load_card
+    from ctbench.runner import source_for, standards_for
+    from ctbench.splits import make_split
+    from ctbench.tasks import build_task
+
+    mirror = Path(os.environ.get("CTBENCH_DATA") or "/work/shared/datasets")
+    if not (mirror / "corn").is_dir():
+        pytest.skip(f"dataset mirror {mirror} absent")
+    monkeypatch.setenv("CTBENCH_DATA", str(mirror))
+    task = build_task(load_card("corn_m5_mp6"))
+    split = make_split(task, 30, 0, 0)
+    outer = task.outer(split.outer)
+    std = standards_for(outer, split.standard_rows)
+    h = 3
+    ours = PDS(half_window=h, solver="tsvd", n_components=2 * h + 1).fit(source_for(outer, PDS)).transfer(std)
+    theirs = PynirPDS(halfWindowSize=h, regType="mlr").fit(np.asarray(std.X_source), np.asarray(std.X_target))
+    X = outer.X_target[split.test_rows]
+    a, b = ours.transform_target(X), theirs.transform(X)
+    inner = slice(h, X.shape[1] - h - 1)
+    np.testing.assert_allclose(a[:, inner], b[:, inner], rtol=1e-6, atol=1e-6 * np.abs(b).max())

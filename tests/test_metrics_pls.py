@@ -53,3 +53,18 @@ def test_cv_picks_few_components_for_a_low_rank_problem():
     m = PLSCalibration(max_components=12).fit(X, np.c_[y, -y])
     assert all(2 <= a <= 4 for a in m.n_components_)
     assert np.sqrt(np.mean((m.predict(X)[:, 0] - y) ** 2)) < 0.05
+
+
+def test_cv_press_survives_a_component_stopped_by_the_score_rule():
+    """Spectra so weak that a weight exists but its score falls below the t^T t rule (seen when GLSW
+    filtered a Raman source calibration nearly to zero): the component is unused, as in
+    nipals_pls1_path, instead of leaving a singular P^T W (it raised 'Singular matrix')."""
+    from ctbench.pls import _cv_press, nipals_pls1_path
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 30)) * 1e-8
+    y = rng.normal(size=(40, 2))
+    press, n = _cv_press(X, y, 10, 5, 0)
+    assert n == 40 and np.isfinite(press).all()
+    coef, _, _ = nipals_pls1_path(X - X.mean(axis=0), y[:, 0] - y[:, 0].mean(), 10)
+    assert np.allclose(press[0], press[0, 0]) and not np.any(coef)  # no component on either path

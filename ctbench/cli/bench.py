@@ -11,7 +11,10 @@ import typer
 
 from ctbench.cli.common import friendly_errors, int_list, set_data_dir, split_list, stderr_console
 
-CLASSICAL_SWEEP = "no_transfer,target_only,full_recalibration,sbc,model_update,ds,pds,cca,dipls,mdipls,gctpls"
+CLASSICAL_SWEEP = (
+    "no_transfer,target_only,full_recalibration,sbc,model_update,ds,pds,cca,dipls,mdipls,gctpls,"
+    "sst,coral,epo,top,glsw,pfce_ns,pfce_ss,pfce_fs,jypls,prep_sbc"
+)
 # what --publish adds by default: the transductive di-PLS (its 5-fold CV for l over the whole
 # test set as target domain costs 0.3-4 s per transfer: ~8 of the published sweep's 9 minutes)
 PUBLISHED_EXTRA = "dipls_t"
@@ -150,6 +153,8 @@ def _publish(folder: Path, records: list[dict], command: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     from ctbench.cli.common import record_warnings
 
+    # one order whatever the store's file order: the means are then the same to the last bit
+    records = sorted(records, key=lambda r: json.dumps(r.get("identity"), sort_keys=True, default=str))
     with record_warnings():
         rows = build_leaderboard(records, per_property=True)
     ok = sum(1 for r in records if r.get("status") == "ok")
@@ -162,19 +167,40 @@ def _publish(folder: Path, records: list[dict], command: str) -> None:
         f"{len(records)} records ({ok} ok) on {len(tasks)} tasks; methods (version): "
         + ", ".join(f"{m} ({v})" for m, v in versions)
         + f". Default parameters; ctbench {env['ctbench']}, numpy {env['numpy']}, scipy {env['scipy']}.\n\n"
-        "Protocol (leaderboard v2): corn and Raman tasks test on 5 grouped outer folds shared by every task of "
-        "the dataset, tablets on the official test set; a repetition is (outer split, standards draw): "
-        "10 repetitions = 5 outer splits x 2 draws (tablets: 10 draws), no two with the same standard set. "
+        f"Protocol (leaderboard v2): {_outer_splits_text(records)}; a repetition is (outer split, standards draw), "
+        "repetition r = (split r mod K, draw r div K), no two with the same standard set. "
         "Per task and N (standards; 0 = zero-shot) and per property: relative RMSEP = RMSEP / RMSEP(full "
         "recalibration) on the same outer split, geometric mean over properties and repetitions, with a 95 % "
         "two-stage paired bootstrap interval (repetitions, then test samples); group 1 = the best method and "
         "every method not significantly worse (paired bootstrap, Holm, alpha 0.05). Raw RMSEP mean ± sd and "
         "R2 per cell; gap closed per property. The methods' known limitations behind outlying rows are "
-        "described in their docstrings (plugins/ctbench_classical).\n\n"
+        "described in their docstrings (plugins/ctbench_classical) and in docs/methods.md.\n\n"
     )
     (folder / "reference_leaderboard.md").write_text(header + format_rows(rows, "md") + "\n\n" + _across_tasks(rows) + "\n")
     (folder / "reference_leaderboard.json").write_text(json.dumps(rows, indent=1, default=lambda o: None) + "\n")
     typer.echo(f"wrote {folder / 'reference_leaderboard.md'} and .json ({len(rows)} rows)")
+
+
+def _outer_splits_text(records: list[dict]) -> str:
+    """Per dataset, its outer splits and test-set sizes as the records saw them, e.g. "corn: 5 grouped
+    outer folds (16 test samples each) shared by its 6 tasks"."""
+    seen: dict[str, dict] = {}
+    for r in records:
+        task = r.get("task") if isinstance(r.get("task"), dict) else {}
+        ds = str(task.get("dataset") or r["identity"]["task"])
+        d = seen.setdefault(ds, {"k": 0, "tasks": set(), "sizes": set()})
+        d["k"] = max(d["k"], int((r.get("outer") or {}).get("of") or task.get("outer_splits") or 1))
+        d["tasks"].add(r["identity"]["task"])
+        if task.get("test_samples") is not None:
+            d["sizes"].add(int(task["test_samples"]))
+    parts = []
+    for ds, d in sorted(seen.items()):
+        sizes = sorted(d["sizes"])
+        size = "" if not sizes else f" ({sizes[0] if len(sizes) == 1 else f'{sizes[0]}-{sizes[-1]}'} test samples)"
+        what = "one fixed test set" if d["k"] == 1 else f"{d['k']} grouped outer folds"
+        n = len(d["tasks"])
+        parts.append(f"{ds}: {what}{size} shared by its {n} task{'s' if n != 1 else ''}")
+    return "; ".join(parts)
 
 
 def _across_tasks(rows: list[dict]) -> str:

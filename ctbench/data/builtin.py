@@ -1,5 +1,5 @@
 """The built-in dataset plugin (entry point ``datasets`` in group ``ctbench``): real datasets
-(corn, tablet, raman), generic ``csv`` / ``mat`` readers for a user's files, and ``synthetic``."""
+(corn, tablet, wheat, raman), generic ``csv`` / ``mat`` readers for a user's files, and ``synthetic``."""
 
 from __future__ import annotations
 
@@ -26,6 +26,14 @@ def builtin_loaders() -> list[DatasetLoader]:
             description="IDRC 2002 shoot-out: 655 tablets, NIR on instruments 1 and 2 (600-1898 nm); "
             "weight, hardness, assay; official Train/Validate/Test split",
             citation="IDRC 2002 shoot-out, NIR news 13 (2002); Eigenvector Research nir_shootout_2002",
+        ),
+        DatasetLoader(
+            name="wheat",
+            load=_l.load_wheat,
+            files=_l.WHEAT_FILES,
+            description="IDRC 2016 shoot-out: 248 wheat samples, NIR on manufacturer A's instruments A1, A2, A3 "
+            "(730-1100 nm, 0.5 nm); protein",
+            citation="IDRC 2016 software shoot-out, Council for Near-Infrared Spectroscopy (cnirs.org)",
         ),
         DatasetLoader(
             name="raman",

@@ -1,4 +1,4 @@
-"""Dataset loaders: the built-in real datasets (corn, tablet, raman), generic CSV / MATLAB
+"""Dataset loaders: the built-in real datasets (corn, tablet, wheat, raman), generic CSV / MATLAB
 readers for a user's own files, the synthetic demo, and ``load_dataset`` (resolve, verify,
 load, memoize per process).
 
@@ -55,6 +55,28 @@ RAMAN_FILES = (
         "e8018d92d5ad4e1626c566142f1da5931da1fe94109dd099d813691dd1d47609",
     ),
 )
+
+WHEAT_INSTRUMENTS = ("A1", "A2", "A3")
+WHEAT_FILES = tuple(
+    DataFile(f"wheat_idrc2016/idrc2016_wheat_instrument_{inst}.csv", sha)
+    for inst, sha in zip(
+        WHEAT_INSTRUMENTS,
+        (
+            "1f690b8d5c2f1325574faac73ecc0cc1838e5b43e2e98a55ddb5e3a08c6b8280",
+            "ab2bab0091976f01e4cd088052c8b70ee47607281b6402510596250b0574936c",
+            "7f63d812d4dae1312d122e41420584b940f8405f34327af9fcaa92926acbc3a8",
+        ),
+    )
+)
+
+WHEAT_EXCLUDED = {
+    "20140190": "its A2 spectrum is a gross outlier: scored in a 10-component PCA of the other 247 A2 spectra, "
+    "its Hotelling T2 is ~2000x the largest of theirs and its Q residual ~1e5x their 99th percentile "
+    "(a PLS calibrated without it predicts it ~100 % protein off); its A1 and A3 spectra are ordinary",
+}
+"""Samples left out of every instrument of the wheat data (so that all wheat tasks keep the same
+outer splits), with the reason; the loader option ``keep_outliers: true`` keeps them. Found from
+the spectra alone (no reference values), tests/test_wheat.py re-derives it."""
 
 CORN_INSTRUMENTS = ("m5", "mp5", "mp6")
 TABLET_PROPERTIES = ("weight", "hardness", "assay")
@@ -310,6 +332,76 @@ def load_tablet(paths: list[Path], options: dict[str, Any]) -> Dataset:
         properties=TABLET_PROPERTIES,
         sha256=_registered_shas(TABLET_FILES, paths),
         description="IDRC 2002 pharmaceutical tablets: 655 tablets on NIR instruments 1 and 2 (600-1898 nm)",
+    )
+
+
+# --- wheat (IDRC 2016 shoot-out CSVs) -------------------------------------------------------
+
+
+def load_wheat(paths: list[Path], options: dict[str, Any]) -> Dataset:
+    """IDRC 2016 wheat: 248 samples on manufacturer A's instruments A1, A2, A3 (730-1100 nm, 0.5 nm), protein.
+
+    Rows are paired across the files by the ``ID`` column (the sample id), never by row number;
+    every file must hold the same ids once each, with the same protein value for an id. The samples
+    of ``WHEAT_EXCLUDED`` are left out of every instrument unless ``options["keep_outliers"]``.
+    """
+    options = _check_options("wheat", options, ("keep_outliers",))
+    keep_outliers = options.get("keep_outliers", False)
+    if not isinstance(keep_outliers, bool):
+        raise DataError(f"dataset 'wheat': loader option keep_outliers must be true or false, got {keep_outliers!r}")
+    _expect_paths("wheat", paths, WHEAT_FILES)
+    frames = [_read_csv(p) for p in paths]
+    for df, p in zip(frames, paths):
+        for col in ("ID", "Protein"):
+            if col not in df.columns:
+                raise _missing_column(p, col, df.columns, "wheat")
+    ids0 = None
+    protein0 = None
+    instruments: dict[str, Spectra] = {}
+    for inst, df, p in zip(WHEAT_INSTRUMENTS, frames, paths):
+        raw = df["ID"].astype(str).str.strip()
+        dup = raw[raw.duplicated()]
+        if len(dup):
+            raise DataError(f"{p}: sample id {dup.iloc[0]!r} appears more than once; ids must be unique per file")
+        order = np.argsort(raw.to_numpy(), kind="stable")  # one order for every file: paired by id
+        if not keep_outliers:
+            order = order[~np.isin(raw.to_numpy()[order], list(WHEAT_EXCLUDED))]
+        ids = np.asarray([f"wheat-{v}" for v in raw.to_numpy()[order]])
+        protein = _numeric(df, ["Protein"], p, "property")[order]
+        if ids0 is None:
+            ids0, protein0 = ids, protein
+        else:
+            if len(ids) != len(ids0) or (ids != ids0).any():
+                missing = sorted(set(ids0.tolist()) ^ set(ids.tolist()))
+                raise DataError(
+                    f"wheat files disagree on their sample ids: {paths[0]} vs {p} "
+                    f"({len(missing)} id(s) in only one of them, e.g. {missing[0] if missing else '?'})"
+                )
+            differ = ~((protein == protein0) | (np.isnan(protein) & np.isnan(protein0)))[:, 0]
+            if differ.any():
+                row = int(np.flatnonzero(differ)[0])
+                raise DataError(f"wheat files disagree on the protein value of sample {ids[row]}: {paths[0]} vs {p}")
+        cols, axis = _spectral_columns(df, p)
+        values = _numeric(df, cols, p, "spectral")
+        _check_finite_rows(values, str(p), raw.to_numpy())  # file row numbers, before pairing by id
+        values = values[order]
+        instruments[inst] = Spectra(
+            values=values,
+            axis=axis,
+            axis_unit="nm",
+            instrument=inst,
+            sample_ids=ids,
+            y=protein,
+            properties=("protein",),
+            source=str(p),
+        )
+    return Dataset(
+        name="wheat",
+        instruments=instruments,
+        properties=("protein",),
+        sha256=_registered_shas(WHEAT_FILES, paths),
+        description=f"IDRC 2016 shoot-out wheat: {len(ids0)} samples on NIR instruments A1, A2, A3 (730-1100 nm, 0.5 nm)"
+        + ("" if keep_outliers else f"; {len(WHEAT_EXCLUDED)} outlying sample(s) left out (ctbench.data.loaders.WHEAT_EXCLUDED)"),
     )
 
 

@@ -165,23 +165,7 @@ class ModelUpdate(TransferMethod):
     # --- the contract ---------------------------------------------------------------------------
     def fit(self, source: SourceData) -> ModelUpdate:
         self._check_params()
-        X, y = source_arrays(source)
-        groups = None if source.groups is None else np.asarray(source.groups)
-        if groups is not None and (groups.ndim != 1 or groups.shape[0] != X.shape[0]):
-            raise ValueError(f"the source calibration has {X.shape[0]} rows but {groups.size} sample ids")
-        with one_blas_thread():
-            self.source_model_ = fit_source_pls(X, y, self.max_components, self.random_state, groups)
-            self.x_offset_ = X.mean(axis=0)
-            self.y_offset_ = y.mean(axis=0)
-            X0 = X - self.x_offset_
-            self.source_gram_ = X0 @ X0.T
-        self.X_source_ = X
-        self.y_source_ = y
-        self.source_codes_ = _codes(groups, X.shape[0])
-        self.n_channels_ = X.shape[1]
-        self.n_properties_ = y.shape[1]
-        sd = y.std(axis=0)
-        self.y_scale_ = np.where(sd > 0, sd, 1.0)
+        keep_calibration(self, source)
         return self
 
     def transfer(self, standards: Standards, unlabelled: np.ndarray | None = None) -> ModelUpdate:
@@ -297,6 +281,31 @@ def _positive(value: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return math.isfinite(v) and v > 0
+
+
+def keep_calibration(method: Any, source: SourceData) -> None:
+    """``fit`` of the methods that recalibrate on the source calibration (model_update, jypls, epo,
+    top, glsw): the source PLS model, and the calibration kept for ``transfer``: its spectra and
+    values (``X_source_``, ``y_source_``), sample ids and codes, centring offsets, Gram matrix of
+    the centred spectra, channel and property counts, and the values' SD (``y_scale_``)."""
+    X, y = source_arrays(source)
+    groups = None if source.groups is None else np.asarray(source.groups)
+    if groups is not None and (groups.ndim != 1 or groups.shape[0] != X.shape[0]):
+        raise ValueError(f"the source calibration has {X.shape[0]} rows but {groups.size} sample ids")
+    with one_blas_thread():
+        method.source_model_ = fit_source_pls(X, y, method.max_components, method.random_state, groups)
+        method.x_offset_ = X.mean(axis=0)
+        method.y_offset_ = y.mean(axis=0)
+        X0 = X - method.x_offset_
+        method.source_gram_ = X0 @ X0.T
+    method.X_source_ = X
+    method.y_source_ = y
+    method.source_groups_ = groups
+    method.source_codes_ = _codes(groups, X.shape[0])
+    method.n_channels_ = X.shape[1]
+    method.n_properties_ = y.shape[1]
+    sd = y.std(axis=0)
+    method.y_scale_ = np.where(sd > 0, sd, 1.0)
 
 
 def _codes(groups: np.ndarray | None, n: int) -> np.ndarray:

@@ -7,12 +7,40 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ctbench.method import SourceData
+
 from ._common import MAX_COMPONENTS, SpectralStandardization, require_fitted, svd_filter
 
 ALPHA_GRID = (1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 """Local ridge strengths tried when alpha is None, most regularized first."""
 MAX_LOCAL_COMPONENTS = 5
 """Largest local latent-variable count / TSVD rank tried when n_components is None."""
+HALF_WIDTHS = (2.0, 4.0, 8.0, 16.0)
+"""Half-windows tried when half_window is None, in the axis's units (nm, cm-1): +-2 .. +-16 nm,
+doubling; on a 2 nm grid 1, 2, 4, 8 channels, on 0.5 nm 4, 8, 16 (capped), on 8 nm 1, 2."""
+MAX_HALF_WINDOW = 16
+"""Largest half-window in channels (a 33-channel window): bounds the leave-one-out's cost and
+memory on fine grids (the local PLS keeps at most 5 latent variables anyway)."""
+LOO_CHUNK_FLOATS = 8_000_000
+"""Numbers of windowed cross-products held at once in the leave-one-out (64 MB)."""
+
+
+def axis_step(axis: Any, n_channels: int) -> float:
+    """The axis's typical channel spacing (median absolute difference); 1.0 without a usable axis."""
+    a = np.asarray(axis, dtype=float).ravel() if axis is not None else np.zeros(0)
+    if a.size != n_channels or a.size < 2:
+        return 1.0
+    d = np.abs(np.diff(a))
+    d = d[np.isfinite(d) & (d > 0)]
+    return float(np.median(d)) if d.size else 1.0
+
+
+def _by_window(candidates: list[dict[str, Any]]) -> list[tuple[int, list[int]]]:
+    """Candidates' indices grouped by half-window, in order of first appearance."""
+    groups: dict[int, list[int]] = {}
+    for i, c in enumerate(candidates):
+        groups.setdefault(int(c["half_window"]), []).append(i)
+    return list(groups.items())
 
 
 def _windows(Xc: np.ndarray, half_window: int) -> np.ndarray:
@@ -138,7 +166,12 @@ class PDS(SpectralStandardization):
     coefficient array, never as a dense p x p matrix.
 
     Parameters (defaults in brackets):
-      half_window [3]: h, the window is 2h + 1 target channels (7).
+      half_window [None]: h in channels, the window is 2h + 1 target channels. None: chosen at
+        transfer with the local complexity, by the same leave-one-out over the standards, among
+        ``half_widths`` converted to channels with the axis's step.
+      half_widths [(2, 4, 8, 16)]: candidate half-windows in the axis's units (nm, cm-1),
+        converted to channels (rounded, at least 1, at most 16 channels: on a 0.5 nm grid
+        +-16 nm is capped at +-8 nm), used when half_window is None.
       solver ["pls"]: local regression, "pls" (PLS1 with ``n_components`` latent variables),
         "tsvd" (principal-component regression with ``n_components`` directions) or
         "ridge" (``alpha`` relative to the window's largest squared singular value).
@@ -162,6 +195,12 @@ class PDS(SpectralStandardization):
     Raman pairs) the choice is that of version 1 to round-off.
     Version 3: the source model's CV holds out whole samples (replicates together) and tries
     up to 30 latent variables (15 bound the choice on corn m5).
+    Version 4: the window is no longer a fixed 3 channels, which is +-6 nm on the 2 nm corn and
+    tablet grids but +-1.5 nm on a 0.5 nm grid and +-24 nm on an 8 nm one: it is chosen with the
+    local complexity by the leave-one-out over the standards, among half-widths given in the
+    axis's units (doubling from +-2 to +-16, a priori: from about a channel of the coarse NIR
+    grids to the width of an NIR overtone band's shoulder). ``chosen["half_width"]`` reports
+    the choice in axis units. A fixed ``half_window`` keeps version 3's behaviour.
     Known limitation: on the Raman tasks PDS is the weakest spectral method at every N
     (reference sweep, raman_anton532_anton785: 4.0 vs DS 1.1 RMSEP at N = 30, 12 at N = 5):
     in the many channels without Raman signal the local regressions fit the target's noise
@@ -171,12 +210,13 @@ class PDS(SpectralStandardization):
     """
 
     name = "pds"
-    version = "3"
+    version = "4"
     description = "piecewise direct standardization (windowed local regression with offset)"
 
     def __init__(
         self,
-        half_window: int = 3,
+        half_window: int | None = None,
+        half_widths: tuple[float, ...] = HALF_WIDTHS,
         solver: str = "pls",
         n_components: int | None = None,
         alpha: float | None = None,
@@ -184,6 +224,7 @@ class PDS(SpectralStandardization):
         random_state: int = 0,
     ):
         self.half_window = half_window
+        self.half_widths = half_widths
         self.solver = solver
         self.n_components = n_components
         self.alpha = alpha
@@ -193,114 +234,171 @@ class PDS(SpectralStandardization):
     def _check_params(self) -> None:
         if self.solver not in ("pls", "tsvd", "ridge"):
             raise ValueError(f"pds: solver must be 'pls', 'tsvd' or 'ridge', got {self.solver!r}")
-        if int(self.half_window) < 0:
-            raise ValueError(f"pds: half_window must be >= 0, got {self.half_window}")
+        if self.half_window is not None and int(self.half_window) < 0:
+            raise ValueError(f"pds: half_window must be >= 0 (channels) or None, got {self.half_window}")
+        widths = self.half_widths
+        if isinstance(widths, (int, float)) and not isinstance(widths, bool):
+            widths = (widths,)
+        try:
+            ok = len(widths) > 0 and all(float(w) > 0 and np.isfinite(float(w)) for w in widths)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"pds: half_widths must be positive numbers in the axis's units, got {self.half_widths!r}")
         if self.n_components is not None and int(self.n_components) < 1:
             raise ValueError(f"pds: n_components must be >= 1, got {self.n_components}")
         if self.alpha is not None and not self.alpha > 0:
             raise ValueError(f"pds: alpha must be > 0, got {self.alpha}")
 
+    def fit(self, source: SourceData) -> PDS:
+        super().fit(source)
+        self.axis_step_ = axis_step(source.axis, self.n_channels_)
+        self.axis_unit_ = str(source.axis_unit or "")
+        return self
+
+    def half_windows(self) -> list[int]:
+        """Half-windows (channels) to try: ``half_window`` when set, else each of ``half_widths``
+        (axis units) over the axis step, rounded, at least 1 and at most ``MAX_HALF_WINDOW``, distinct."""
+        require_fitted(self, "axis_step_", "fit")
+        if self.half_window is not None:
+            return [int(self.half_window)]
+        widths = self.half_widths
+        if isinstance(widths, (int, float)):
+            widths = (widths,)
+        hs = {min(MAX_HALF_WINDOW, max(1, int(round(float(w) / self.axis_step_)))) for w in widths}
+        return sorted(hs)
+
     def _candidates(self, n_standards: int) -> list[dict[str, Any]]:
-        width = 2 * int(self.half_window) + 1
-        if self.solver == "ridge":
-            if self.alpha is not None:
-                return [{"alpha": float(self.alpha)}]
-            return [{"alpha": a} for a in ALPHA_GRID]
-        if self.n_components is not None:
-            return [{"n_components": max(1, min(int(self.n_components), n_standards - 1, width))}]
-        top = max(1, min(MAX_LOCAL_COMPONENTS, n_standards - 2, width))
-        return [{"n_components": a} for a in range(1, top + 1)]
+        out: list[dict[str, Any]] = []
+        for h in self.half_windows():
+            width = 2 * h + 1
+            if self.solver == "ridge":
+                alphas = [float(self.alpha)] if self.alpha is not None else list(ALPHA_GRID)
+                out += [{"half_window": h, "alpha": a} for a in alphas]
+            elif self.n_components is not None:
+                out.append({"half_window": h, "n_components": max(1, min(int(self.n_components), n_standards - 1, width))})
+            else:
+                top = max(1, min(MAX_LOCAL_COMPONENTS, n_standards - 2, width))
+                out += [{"half_window": h, "n_components": a} for a in range(1, top + 1)]
+        return out
 
     def _fit_maps(self, X_source: np.ndarray, X_target: np.ndarray, candidates: list[dict[str, Any]]) -> list[Any]:
         target_mean = X_target.mean(axis=0)
         source_mean = X_source.mean(axis=0)
-        Xw = _windows(X_target - target_mean, int(self.half_window))  # (p, n, w)
         y = np.ascontiguousarray((X_source - source_mean).T)  # (p, n)
-        if self.solver == "pls":
-            counts = [c["n_components"] for c in candidates]
-            B = _batched_pls1_path(Xw, y, max(counts))
-            coefs = [B[:, :, a - 1] for a in counts]
-        else:
-            settings = [(self.solver, c.get("n_components", 0), c.get("alpha", 0.0)) for c in candidates]
-            coefs = _batched_svd_solve(Xw, y, settings)
-        # contiguous coefficients: einsum then sums in the same order after a pickle round trip
-        return [(target_mean, source_mean, np.ascontiguousarray(coef)) for coef in coefs]
+        out: list[Any] = [None] * len(candidates)
+        for h, idx in _by_window(candidates):
+            Xw = _windows(X_target - target_mean, h)  # (p, n, w)
+            chosen = [candidates[i] for i in idx]
+            if self.solver == "pls":
+                counts = [c["n_components"] for c in chosen]
+                B = _batched_pls1_path(Xw, y, max(counts))
+                coefs = [B[:, :, a - 1] for a in counts]
+            else:
+                settings = [(self.solver, c.get("n_components", 0), c.get("alpha", 0.0)) for c in chosen]
+                coefs = _batched_svd_solve(Xw, y, settings)
+            # contiguous coefficients: einsum then sums in the same order after a pickle round trip
+            for i, coef in zip(idx, coefs):
+                out[i] = (target_mean, source_mean, np.ascontiguousarray(coef), h)
+        return out
 
     def _loo_errors(
         self, Xs: np.ndarray, Xt: np.ndarray, candidates: list[dict[str, Any]], folds: list[np.ndarray]
     ) -> np.ndarray:
-        """Held-out errors of every local latent-variable count, from windowed cross-products.
+        """Held-out errors of every (window, local latent-variable count), from windowed cross-products.
 
         Solver "pls" only (the others use the reference loop). A fold's centred cross-products
         are those of all standards minus the held-out rows' and a rank-one mean correction,
-        so every fold and channel is a small w x w kernel-PLS problem, all solved at once.
+        so every fold and channel is a small w x w kernel-PLS problem, solved together in
+        chunks of folds (at most ``LOO_CHUNK_FLOATS`` numbers of cross-products at a time).
         """
         if self.solver != "pls":
             return super()._loo_errors(Xs, Xt, candidates, folds)
+        err = np.zeros((len(candidates), Xs.shape[0], self.source_model_.coef_.shape[1]))
+        for h, idx in _by_window(candidates):
+            counts = [candidates[i]["n_components"] for i in idx]
+            err[idx] = self._loo_errors_window(Xs, Xt, h, counts, folds)
+        return err
+
+    def _loo_errors_window(
+        self, Xs: np.ndarray, Xt: np.ndarray, h: int, counts: list[int], folds: list[np.ndarray]
+    ) -> np.ndarray:
+        """Held-out errors (len(counts), n, properties) of local PLS with half-window h."""
         n = Xs.shape[0]
-        h = int(self.half_window)
         coef_src = self.source_model_.coef_
         xt = Xt - Xt.mean(axis=0)
         xs = Xs - Xs.mean(axis=0)
         win = _windows(xt, h)  # (p, n, w)
+        p, _, w = win.shape
         S = np.einsum("pnv,pnw->pvw", win, win)
         sy = np.einsum("pnw,np->pw", win, xs)
-        counts = [c["n_components"] for c in candidates]
         A = max(counts)
+        err = np.zeros((len(counts), n, coef_src.shape[1]))
+        chunk = max(1, LOO_CHUNK_FLOATS // (p * w * w))
         if all(len(rows) == 1 for rows in folds):
-            # leave-one-row-out, all folds at once: removing row i and re-centring subtracts
-            # n / (n - 1) x_i x_i^T from the centred cross-products
-            order = np.concatenate(folds)
-            wo = win[:, order]  # (p, F, w)
+            # leave-one-row-out: removing row i and re-centring subtracts n / (n - 1) x_i x_i^T
+            # from the centred cross-products
             f_ = n / (n - 1.0)
-            XtX = S[None] - f_ * np.einsum("pfv,pfw->fpvw", wo, wo)
-            Xty = sy[None] - f_ * np.einsum("pfw,fp->fpw", wo, xs[order])
-            B = _kernel_pls1_path(XtX, Xty, A)  # (A, F, p, w)
-            # held-out row i centred on its fold's mean is x_i n / (n - 1); the fold's source mean
-            # is m_s - x_s,i / (n - 1)
-            mapped = f_ * np.einsum("pfw,afpw->afp", wo, B) - xs[order][None] / (n - 1.0)
-            resid = (mapped - xs[order][None]) @ coef_src  # (A, F, k)
-            err = np.zeros((len(candidates), n, coef_src.shape[1]))
-            for c, a in enumerate(counts):
-                err[c, order] = resid[a - 1]
+            order_all = np.concatenate(folds)
+            for start in range(0, len(order_all), chunk):
+                order = order_all[start : start + chunk]
+                wo = win[:, order]  # (p, F, w)
+                XtX = S[None] - f_ * np.einsum("pfv,pfw->fpvw", wo, wo)
+                Xty = sy[None] - f_ * np.einsum("pfw,fp->fpw", wo, xs[order])
+                B = _kernel_pls1_path(XtX, Xty, A)  # (A, F, p, w)
+                # held-out row i centred on its fold's mean is x_i n / (n - 1); the fold's source
+                # mean is m_s - x_s,i / (n - 1)
+                mapped = f_ * np.einsum("pfw,afpw->afp", wo, B) - xs[order][None] / (n - 1.0)
+                resid = (mapped - xs[order][None]) @ coef_src  # (A, F, k)
+                for c, a in enumerate(counts):
+                    err[c, order] = resid[a - 1]
             return err
-        F = len(folds)
-        XtX = np.empty((F,) + S.shape)
-        Xty = np.empty((F,) + sy.shape)
-        for f, rows in enumerate(folds):
-            rest = n - len(rows)
-            wg = win[:, rows]  # (p, g, w)
-            dx = -wg.sum(axis=1) / rest  # fold mean minus full mean, windowed (p, w)
-            dy = -xs[rows].sum(axis=0) / rest  # (p,)
-            XtX[f] = S - np.einsum("pgv,pgw->pvw", wg, wg) - rest * dx[:, :, None] * dx[:, None, :]
-            Xty[f] = sy - np.einsum("pgw,gp->pw", wg, xs[rows]) - rest * dx * dy[:, None]
-        B = _kernel_pls1_path(XtX, Xty, A)  # (A, F, p, w)
-        err = np.zeros((len(candidates), n, coef_src.shape[1]))
-        for f, rows in enumerate(folds):
-            rest = n - len(rows)
-            dx_full = -xt[rows].sum(axis=0) / rest  # fold target mean minus full, per channel
-            dy = -xs[rows].sum(axis=0) / rest
-            held = _windows(xt[rows] - dx_full, h)  # (p, g, w): held-out rows centred on the fold mean
-            mapped = np.einsum("pgw,apw->agp", held, B[:, f]) + dy  # (A, g, p), centred on the full source mean
-            resid = (mapped - xs[rows]) @ coef_src  # (A, g, k)
-            for c, a in enumerate(counts):
-                err[c, rows] = resid[a - 1]
+        for start in range(0, len(folds), chunk):
+            part = folds[start : start + chunk]
+            XtX = np.empty((len(part),) + S.shape)
+            Xty = np.empty((len(part),) + sy.shape)
+            for f, rows in enumerate(part):
+                rest = n - len(rows)
+                wg = win[:, rows]  # (p, g, w)
+                dx = -wg.sum(axis=1) / rest  # fold mean minus full mean, windowed (p, w)
+                dy = -xs[rows].sum(axis=0) / rest  # (p,)
+                XtX[f] = S - np.einsum("pgv,pgw->pvw", wg, wg) - rest * dx[:, :, None] * dx[:, None, :]
+                Xty[f] = sy - np.einsum("pgw,gp->pw", wg, xs[rows]) - rest * dx * dy[:, None]
+            B = _kernel_pls1_path(XtX, Xty, A)  # (A, F, p, w)
+            for f, rows in enumerate(part):
+                rest = n - len(rows)
+                dx_full = -xt[rows].sum(axis=0) / rest  # fold target mean minus full, per channel
+                dy = -xs[rows].sum(axis=0) / rest
+                held = _windows(xt[rows] - dx_full, h)  # (p, g, w): held-out rows centred on the fold mean
+                mapped = np.einsum("pgw,apw->agp", held, B[:, f]) + dy  # (A, g, p), centred on the full source mean
+                resid = (mapped - xs[rows]) @ coef_src  # (A, g, k)
+                for c, a in enumerate(counts):
+                    err[c, rows] = resid[a - 1]
         return err
 
     def _apply_map(self, state: Any, X_target: np.ndarray) -> np.ndarray:
-        target_mean, source_mean, coef = state
-        h = int(self.half_window)
+        target_mean, source_mean, coef, h = state
         padded = np.pad(X_target - target_mean, ((0, 0), (h, h)))
         view = sliding_window_view(padded, 2 * h + 1, axis=1)  # (n, p, w), no copy
         return np.einsum("npw,pw->np", view, coef) + source_mean
+
+    def chosen_params(self) -> dict[str, Any]:
+        """As ``SpectralStandardization.chosen_params`` (``selected`` holds the half-window in
+        channels with the local latent variables / alpha), plus the half-window in the axis's
+        units (``half_width``, e.g. nm) and the axis step it was converted with."""
+        out = super().chosen_params()
+        if hasattr(self, "selected_") and hasattr(self, "axis_step_"):
+            out["half_width"] = float(self.selected_["half_window"] * self.axis_step_)
+            out["axis_step"] = float(self.axis_step_)
+            out["axis_unit"] = self.axis_unit_
+        return out
 
     @property
     def transfer_matrix_(self) -> np.ndarray:
         """The banded p x p matrix F with ``x_src = (x - m_t) F + m_s`` (built on demand)."""
         require_fitted(self, "map_", "transfer")
-        coef = self.map_[2]
+        coef, h = self.map_[2], self.map_[3]
         p = coef.shape[0]
-        h = int(self.half_window)
         F = np.zeros((p, p))
         for k in range(-h, h + 1):
             i = np.arange(max(0, -k), min(p, p - k))  # source channel i uses target channel i + k

@@ -289,7 +289,7 @@ class Spektron(TransferMethod):
         if self.pds_first:
             from ctbench_classical import PDS
 
-            self.pds_ = PDS(random_state=self.random_state).fit(source)
+            self.pds_ = PDS(half_window=3, random_state=self.random_state).fit(source)
         model = self._model()
         names = stage_names(model)
         if self.readout == "auto":

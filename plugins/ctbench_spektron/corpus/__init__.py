@@ -3,7 +3,7 @@
 ``build_corpus(["rruff", "fermentation", "synthetic", "files:/my/folder?unit=nm"])`` returns a
 ``PretrainCorpus``: a table of measured spectra on the model grid plus, when asked for, the
 unlimited synthetic generator; its ``manifest()`` (sources, counts, hashes) goes into every
-checkpoint. Benchmark-task spectra (corn, tablet, dig4bio) are deliberately not sources here.
+checkpoint. Benchmark-task spectra (corn, tablet, wheat, dig4bio) are deliberately not sources here.
 """
 
 from __future__ import annotations
