@@ -13,16 +13,12 @@ from ctbench.pls import PLSCalibration
 from ctbench_classical import CCA, DIPLS, DS, GCTPLS, MDIPLS, PDS, SBC, DIPLSTransductive, ctbench_register_methods
 from ctbench_classical.dipls import fit_dipls_vector, fit_gct_vector
 from ctbench_classical.pds import _batched_pls1_path, _batched_svd_solve, _windows
+from classical_builders import PROPS, bands, one_blas_thread, readonly, source_data, standards  # noqa: F401  (one_blas_thread: autouse fixture)
 
 ALL = [SBC, DS, PDS, CCA, DIPLS, DIPLSTransductive, MDIPLS, GCTPLS]
-PROPS = ("a", "b")
 
 
 # --- builders ------------------------------------------------------------------------------
-
-
-def bands(axis: np.ndarray, centres, widths) -> np.ndarray:
-    return np.stack([np.exp(-0.5 * ((axis - c) / w) ** 2) for c, w in zip(centres, widths)])
 
 
 def lowrank(n: int, p: int = 60, seed: int = 0, extra: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -34,21 +30,6 @@ def lowrank(n: int, p: int = 60, seed: int = 0, extra: int = 0) -> tuple[np.ndar
     X = conc @ pure + 0.1
     y = conc[:, :2] * np.array([10.0, 3.0])
     return X, y, axis
-
-
-def source_data(X: np.ndarray, y: np.ndarray) -> SourceData:
-    return SourceData(X=X, y=y, axis=np.arange(X.shape[1], dtype=float), axis_unit="nm", properties=PROPS)
-
-
-def standards(Xs: np.ndarray, Xt: np.ndarray, y: np.ndarray) -> Standards:
-    return Standards(X_source=Xs, X_target=Xt, y=y, axis=np.arange(Xs.shape[1], dtype=float), axis_unit="nm",
-                     properties=PROPS)
-
-
-def readonly(a: np.ndarray) -> np.ndarray:
-    a = np.array(a, dtype=float)
-    a.setflags(write=False)
-    return a
 
 
 @pytest.fixture(scope="module")
@@ -68,15 +49,6 @@ def shifted_task():
     src = source_data(readonly(Xs[cal]), readonly(y[cal]))
     std = standards(readonly(Xs[S]), readonly(Xt[S]), readonly(y[S]))
     return src, std, readonly(Xt[test]), y[test], readonly(Xs[test])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """Small linear algebra runs fastest (and steadiest) on one BLAS thread on a shared CPU."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
 
 
 def rmse(pred: np.ndarray, y: np.ndarray) -> float:

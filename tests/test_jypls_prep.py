@@ -8,33 +8,11 @@ import pickle
 import numpy as np
 import pytest
 
-from ctbench.method import SourceData, Standards
 from ctbench.pls import PLSCalibration, nipals_pls1_path
 from ctbench_classical.jypls import JYPLS, jypls_cv_predictions
 from ctbench_classical.prep import PrepSBC, preprocess, snv
-
-PROPS = ("a", "b")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
-def source(X, y, groups=None) -> SourceData:
-    return SourceData(X=X, y=y, axis=np.arange(X.shape[1], dtype=float), axis_unit="nm", properties=PROPS, groups=groups)
-
-
-def standards(Xs, Xt, y, groups=None) -> Standards:
-    return Standards(X_source=Xs, X_target=Xt, y=y, axis=np.arange(Xs.shape[1], dtype=float), axis_unit="nm",
-                     properties=PROPS, groups=groups)
-
-
-def bands(axis: np.ndarray, centres, widths) -> np.ndarray:
-    return np.stack([np.exp(-0.5 * ((axis - c) / w) ** 2) for c, w in zip(centres, widths)])
+from classical_builders import bands, one_blas_thread, standards  # noqa: F401  (one_blas_thread: autouse fixture)
+from classical_builders import source_data as source
 
 
 def two_instruments(n: int = 70, p: int = 60, noise: float = 0.002, seed: int = 3, gain: float = 1.1):

@@ -8,25 +8,12 @@ import numpy as np
 import pytest
 
 import ctbench_classical.model_update as mu
-from ctbench.method import SourceData, Standards
 from ctbench.pls import PLSCalibration, _cv_folds, _cv_press, nipals_pls1_path
 from ctbench_classical import SBC, ModelUpdate, ctbench_register_methods
 from ctbench_classical._common import sample_folds
 from ctbench_classical.model_update import grouped_folds, source_rows_of, target_gain, weighted_pls1_dual
-
-PROPS = ("a", "b")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
-def bands(axis: np.ndarray, centres, widths) -> np.ndarray:
-    return np.stack([np.exp(-0.5 * ((axis - c) / w) ** 2) for c, w in zip(centres, widths)])
+from classical_builders import bands, one_blas_thread, standards  # noqa: F401  (one_blas_thread: autouse fixture)
+from classical_builders import source_data as source
 
 
 def two_instruments(n: int = 70, p: int = 50, noise: float = 0.002, seed: int = 3, gain: float = 1.1):
@@ -40,15 +27,6 @@ def two_instruments(n: int = 70, p: int = 50, noise: float = 0.002, seed: int = 
     Xt = gain * (full[:, :p] + 0.08 + 0.002 * np.arange(p))
     y = conc[:, :2] * np.array([10.0, 5.0])
     return Xs, Xt, y
-
-
-def source(X, y, groups=None) -> SourceData:
-    return SourceData(X=X, y=y, axis=np.arange(X.shape[1], dtype=float), axis_unit="nm", properties=PROPS, groups=groups)
-
-
-def standards(Xs, Xt, y, groups=None) -> Standards:
-    return Standards(X_source=Xs, X_target=Xt, y=y, axis=np.arange(Xs.shape[1], dtype=float), axis_unit="nm",
-                     properties=PROPS, groups=groups)
 
 
 def split(Xs, Xt, y, n_cal=50, n_std=10):

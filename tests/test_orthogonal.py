@@ -11,17 +11,13 @@ import pytest
 import ctbench_classical.orthogonal as orth
 from ctbench.method import SourceData, Standards
 from ctbench_classical.orthogonal import EPO, GLSW, TOP
+from classical_builders import PROPS, bands, one_blas_thread, readonly  # noqa: F401  (one_blas_thread: autouse fixture)
 
 ALL = [EPO, TOP, GLSW]
-PROPS = ("a", "b")
 P = 60
 
 
 # --- builders ------------------------------------------------------------------------------
-
-
-def bands(axis: np.ndarray, centres, widths) -> np.ndarray:
-    return np.stack([np.exp(-0.5 * ((axis - c) / w) ** 2) for c, w in zip(centres, widths)])
 
 
 AXIS = np.arange(P, dtype=float)
@@ -35,12 +31,6 @@ def lowrank(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     conc = rng.uniform(0.1, 1.0, size=(n, 3))
     return conc @ PURE + 0.1, conc[:, :2] * np.array([10.0, 3.0])
-
-
-def readonly(a: np.ndarray) -> np.ndarray:
-    a = np.array(a, dtype=float)
-    a.setflags(write=False)
-    return a
 
 
 def source_data(X, y, groups=None) -> SourceData:
@@ -61,14 +51,6 @@ def task():
 
 def amounts(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0.5, 2.0, size=n)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
 
 
 def fitted(cls, task, shift, n_std: int = 8, **params):

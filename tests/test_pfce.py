@@ -8,18 +8,13 @@ import pickle
 import numpy as np
 import pytest
 
-from ctbench.method import SourceData, Standards
 from ctbench_classical.pfce import FSPFCE, NSPFCE, SSPFCE, _PFCE, pearson, pfce_vector
+from classical_builders import bands, readonly, source_data, standards
 
 ALL = [NSPFCE, SSPFCE, FSPFCE]
-PROPS = ("a", "b")
 
 
 # --- builders ------------------------------------------------------------------------------
-
-
-def bands(axis: np.ndarray, centres, widths) -> np.ndarray:
-    return np.stack([np.exp(-0.5 * ((axis - c) / w) ** 2) for c, w in zip(centres, widths)])
 
 
 def mixture(n: int, p: int = 60, seed: int = 0, noise: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
@@ -31,21 +26,6 @@ def mixture(n: int, p: int = 60, seed: int = 0, noise: float = 0.0) -> tuple[np.
     X = X + noise * rng.standard_normal(X.shape)
     y = conc[:, :2] * np.array([10.0, 3.0])
     return X, y
-
-
-def source_data(X: np.ndarray, y: np.ndarray) -> SourceData:
-    return SourceData(X=X, y=y, axis=np.arange(X.shape[1], dtype=float), axis_unit="nm", properties=PROPS)
-
-
-def standards(Xs: np.ndarray, Xt: np.ndarray, y: np.ndarray, groups=None) -> Standards:
-    return Standards(X_source=Xs, X_target=Xt, y=y, axis=np.arange(Xs.shape[1], dtype=float), axis_unit="nm",
-                     properties=PROPS, groups=groups)
-
-
-def readonly(a: np.ndarray) -> np.ndarray:
-    a = np.array(a, dtype=float)
-    a.setflags(write=False)
-    return a
 
 
 @pytest.fixture(scope="module")

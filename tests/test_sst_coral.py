@@ -7,20 +7,15 @@ import pickle
 import numpy as np
 import pytest
 
-from ctbench.method import SourceData, Standards
 from ctbench_classical._common import SpectralStandardization, sample_folds
 from ctbench_classical.coral import ALPHA_GRID, CORAL
 from ctbench_classical.sst import SST
+from classical_builders import bands, one_blas_thread, readonly, source_data, standards  # noqa: F401  (one_blas_thread: autouse fixture)
 
-PROPS = ("a", "b")
 BOTH = [SST, CORAL]
 
 
 # --- builders ------------------------------------------------------------------------------
-
-
-def bands(axis: np.ndarray, centres, widths) -> np.ndarray:
-    return np.stack([np.exp(-0.5 * ((axis - c) / w) ** 2) for c, w in zip(centres, widths)])
 
 
 def lowrank(n: int, p: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -30,29 +25,6 @@ def lowrank(n: int, p: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray,
     conc = rng.uniform(0.1, 1.0, size=(n, 3))
     pure = bands(axis, [0.25 * p, 0.5 * p, 0.75 * p], [0.06 * p, 0.1 * p, 0.08 * p])
     return conc @ pure + 0.1, conc[:, :2] * np.array([10.0, 3.0]), conc
-
-
-def source_data(X: np.ndarray, y: np.ndarray) -> SourceData:
-    return SourceData(X=X, y=y, axis=np.arange(X.shape[1], dtype=float), axis_unit="nm", properties=PROPS)
-
-
-def standards(Xs: np.ndarray, Xt: np.ndarray, y: np.ndarray, groups=None) -> Standards:
-    return Standards(X_source=Xs, X_target=Xt, y=y, axis=np.arange(Xs.shape[1], dtype=float), axis_unit="nm",
-                     properties=PROPS, groups=groups)
-
-
-def readonly(a: np.ndarray) -> np.ndarray:
-    a = np.array(a, dtype=float)
-    a.setflags(write=False)
-    return a
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
 
 
 @pytest.fixture(scope="module")

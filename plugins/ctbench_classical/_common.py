@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -120,6 +121,28 @@ def one_blas_thread() -> Any:
         return _BLAS.limit(limits=1, user_api="blas")
     except Exception:  # pragma: no cover - threadpoolctl missing or unusable
         return contextlib.nullcontext()
+
+
+def is_count(value: Any, low: int = 0) -> bool:
+    """``value`` is an integer (Python or NumPy, not a bool) of at least ``low``."""
+    return not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, np.integer)) and value >= low
+
+
+def is_positive(value: Any) -> bool:
+    """``value`` converts to a finite number above 0 (a bool does not count)."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(v) and v > 0
+
+
+def check_max_components(method: str, value: Any) -> None:
+    """One-line ValueError unless ``max_components`` is a positive integer."""
+    if not is_count(value, 1):
+        raise ValueError(f"{method}: max_components must be a positive integer, got {value!r}")
 
 
 def require_fitted(method: object, attr: str, step: str) -> None:

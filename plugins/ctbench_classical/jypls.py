@@ -10,6 +10,8 @@ import numpy as np
 from ctbench.method import SourceData, Standards, Tags, TransferMethod
 
 from ._common import (
+    check_max_components,
+    is_count,
     MAX_COMPONENTS,
     as_spectra,
     one_blas_thread,
@@ -123,7 +125,7 @@ class JYPLS(TransferMethod):
     # --- parameters ---------------------------------------------------------------------------
     def _check_params(self) -> None:
         nc = self.n_components
-        if nc is not None and (isinstance(nc, bool) or not isinstance(nc, (int, np.integer)) or nc < 1):
+        if nc is not None and not is_count(nc, 1):
             raise ValueError(f"jypls: n_components must be None or a positive integer, got {nc!r}")
         tw = self.target_weight
         ok = not isinstance(tw, bool) and isinstance(tw, (int, float, np.integer, np.floating))
@@ -131,9 +133,7 @@ class JYPLS(TransferMethod):
             raise ValueError(f"jypls: target_weight must be a positive number, got {tw!r}")
         if not isinstance(self.gain_correction, (bool, np.bool_)):
             raise ValueError(f"jypls: gain_correction must be True or False, got {self.gain_correction!r}")
-        mc = self.max_components
-        if isinstance(mc, bool) or not isinstance(mc, (int, np.integer)) or mc < 1:
-            raise ValueError(f"jypls: max_components must be a positive integer, got {mc!r}")
+        check_max_components("jypls", self.max_components)
 
     # --- the contract ---------------------------------------------------------------------------
     def fit(self, source: SourceData) -> JYPLS:

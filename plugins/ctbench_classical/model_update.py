@@ -11,6 +11,8 @@ from ctbench.method import SourceData, Standards, Tags, TransferMethod
 from ctbench.pls import _cap, _choose, _cv_folds, _n_folds, _sample_codes
 
 from ._common import (
+    check_max_components,
+    is_positive,
     MAX_COMPONENTS,
     as_spectra,
     fit_source_pls,
@@ -128,17 +130,17 @@ class ModelUpdate(TransferMethod):
 
     # --- parameters ---------------------------------------------------------------------------
     def _check_params(self) -> None:
-        if self.weight is not None and not _positive(self.weight):
+        if self.weight is not None and not is_positive(self.weight):
             raise ValueError(f"model_update: weight must be None or a positive number, got {self.weight!r}")
         try:
             grid = [float(w) for w in self.weights]
         except (TypeError, ValueError):
             grid = []
-        if not grid or not all(_positive(w) for w in self.weights):
+        if not grid or not all(is_positive(w) for w in self.weights):
             raise ValueError(
                 f"model_update: weights must be a non-empty sequence of positive numbers, got {self.weights!r}"
             )
-        if self.max_weight_ratio is not None and not _positive(self.max_weight_ratio):
+        if self.max_weight_ratio is not None and not is_positive(self.max_weight_ratio):
             raise ValueError(
                 f"model_update: max_weight_ratio must be None or a positive number, got {self.max_weight_ratio!r}"
             )
@@ -148,9 +150,7 @@ class ModelUpdate(TransferMethod):
             )
         if self.components not in ("augmented", "source"):
             raise ValueError(f"model_update: components must be 'augmented' or 'source', got {self.components!r}")
-        mc = self.max_components
-        if isinstance(mc, bool) or not isinstance(mc, (int, np.integer)) or mc < 1:
-            raise ValueError(f"model_update: max_components must be a positive integer, got {mc!r}")
+        check_max_components("model_update", self.max_components)
 
     def candidate_weights(self, n_standard_rows: int, n_source_rows: int) -> list[float]:
         """The weights the CV compares (ascending), or the fixed weight."""
@@ -271,16 +271,6 @@ class ModelUpdate(TransferMethod):
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def _positive(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return False
-    return math.isfinite(v) and v > 0
 
 
 def keep_calibration(method: Any, source: SourceData) -> None:

@@ -21,6 +21,9 @@ import numpy as np
 from ctbench.method import SourceData, Standards, Tags, TransferMethod
 
 from ._common import (
+    check_max_components,
+    is_count,
+    is_positive,
     MAX_COMPONENTS,
     as_spectra,
     fit_source_pls,
@@ -187,9 +190,7 @@ class _OrthogonalTransfer(TransferMethod):
         raise NotImplementedError
 
     def _check_common(self) -> None:
-        mc = self.max_components
-        if not _count(mc, 1):
-            raise ValueError(f"{self.name}: max_components must be a positive integer, got {mc!r}")
+        check_max_components(self.name, self.max_components)
 
 
 class EPO(_OrthogonalTransfer):
@@ -258,9 +259,9 @@ class EPO(_OrthogonalTransfer):
         self.random_state = random_state
 
     def _check_params(self) -> None:
-        if self.n_directions is not None and not _count(self.n_directions, 0):
+        if self.n_directions is not None and not is_count(self.n_directions, 0):
             raise ValueError(f"epo: n_directions must be None or an integer >= 0, got {self.n_directions!r}")
-        if not _count(self.max_directions, 0):
+        if not is_count(self.max_directions, 0):
             raise ValueError(f"epo: max_directions must be an integer >= 0, got {self.max_directions!r}")
         if not isinstance(self.center, (bool, np.bool_)):
             raise ValueError(f"epo: center must be True or False, got {self.center!r}")
@@ -353,9 +354,9 @@ class TOP(_OrthogonalTransfer):
     def _check_params(self) -> None:
         if self.basis not in ("difference", "means"):
             raise ValueError(f"top: basis must be 'difference' or 'means', got {self.basis!r}")
-        if self.n_extra is not None and not _count(self.n_extra, 0):
+        if self.n_extra is not None and not is_count(self.n_extra, 0):
             raise ValueError(f"top: n_extra must be None or an integer >= 0, got {self.n_extra!r}")
-        if not _count(self.max_extra, 0):
+        if not is_count(self.max_extra, 0):
             raise ValueError(f"top: max_extra must be an integer >= 0, got {self.max_extra!r}")
         self._check_common()
 
@@ -449,10 +450,10 @@ class GLSW(_OrthogonalTransfer):
         self.random_state = random_state
 
     def _check_params(self) -> None:
-        if self.alpha is not None and not _positive(self.alpha):
+        if self.alpha is not None and not is_positive(self.alpha):
             raise ValueError(f"glsw: alpha must be None or a positive number, got {self.alpha!r}")
         try:
-            ok = len(self.alphas) > 0 and all(_positive(a) for a in self.alphas)
+            ok = len(self.alphas) > 0 and all(is_positive(a) for a in self.alphas)
         except TypeError:
             ok = False
         if not ok:
@@ -527,15 +528,3 @@ def _orthonormal(rows: np.ndarray, scale: float) -> np.ndarray:
     return V
 
 
-def _count(value: Any, low: int) -> bool:
-    return not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, np.integer)) and value >= low
-
-
-def _positive(value: Any) -> bool:
-    if isinstance(value, (bool, np.bool_)):
-        return False
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return False
-    return math.isfinite(v) and v > 0

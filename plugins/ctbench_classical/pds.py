@@ -236,9 +236,7 @@ class PDS(SpectralStandardization):
             raise ValueError(f"pds: solver must be 'pls', 'tsvd' or 'ridge', got {self.solver!r}")
         if self.half_window is not None and int(self.half_window) < 0:
             raise ValueError(f"pds: half_window must be >= 0 (channels) or None, got {self.half_window}")
-        widths = self.half_widths
-        if isinstance(widths, (int, float)) and not isinstance(widths, bool):
-            widths = (widths,)
+        widths = self._half_widths()
         try:
             ok = len(widths) > 0 and all(float(w) > 0 and np.isfinite(float(w)) for w in widths)
         except (TypeError, ValueError):
@@ -262,11 +260,13 @@ class PDS(SpectralStandardization):
         require_fitted(self, "axis_step_", "fit")
         if self.half_window is not None:
             return [int(self.half_window)]
-        widths = self.half_widths
-        if isinstance(widths, (int, float)):
-            widths = (widths,)
-        hs = {min(MAX_HALF_WINDOW, max(1, int(round(float(w) / self.axis_step_)))) for w in widths}
+        hs = {min(MAX_HALF_WINDOW, max(1, int(round(float(w) / self.axis_step_)))) for w in self._half_widths()}
         return sorted(hs)
+
+    def _half_widths(self) -> Any:
+        """``half_widths`` as a sequence (a single number is one candidate)."""
+        widths = self.half_widths
+        return (widths,) if isinstance(widths, (int, float)) and not isinstance(widths, bool) else widths
 
     def _candidates(self, n_standards: int) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

@@ -96,6 +96,7 @@ import numpy as np
 from ctbench.method import SourceData, Standards, Tags, TransferMethod
 
 from ._common import (
+    check_max_components,
     MAX_COMPONENTS,
     as_spectra,
     fit_source_pls,
@@ -410,9 +411,7 @@ class _PFCE(TransferMethod):
         if isinstance(tau, bool) or not isinstance(tau, (int, float, np.integer, np.floating)) \
                 or not np.isfinite(tau) or not 0.0 < float(tau) <= 1.0:
             raise ValueError(f"{self.name}: tau must be a number in (0, 1], got {tau!r}")
-        mc = self.max_components
-        if isinstance(mc, bool) or not isinstance(mc, (int, np.integer)) or mc < 1:
-            raise ValueError(f"{self.name}: max_components must be a positive integer, got {mc!r}")
+        check_max_components(self.name, self.max_components)
 
     def fit(self, source: SourceData) -> _PFCE:
         self._check_params()

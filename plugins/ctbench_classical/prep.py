@@ -9,7 +9,16 @@ import numpy as np
 
 from ctbench.method import SourceData, Standards, Tags
 
-from ._common import MAX_COMPONENTS, as_spectra, fit_source_pls, one_blas_thread, require_fitted, source_arrays
+from ._common import (
+    MAX_COMPONENTS,
+    as_spectra,
+    check_max_components,
+    fit_source_pls,
+    is_count,
+    one_blas_thread,
+    require_fitted,
+    source_arrays,
+)
 from .sbc import SBC
 
 WINDOW_GRID = (7, 11, 15, 21, 31)
@@ -31,10 +40,6 @@ def preprocess(X: np.ndarray, snv_first: bool, window: int, polyorder: int, deri
 
     Z = snv(X) if snv_first else X
     return savgol_filter(Z, int(window), int(polyorder), deriv=int(deriv), axis=1)
-
-
-def _is_int(v: Any) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, np.integer))
 
 
 class PrepSBC(SBC):
@@ -106,9 +111,9 @@ class PrepSBC(SBC):
             raise ValueError(f"prep_sbc: mode must be 'slope_bias' or 'bias', got {self.mode!r}")
         if not isinstance(self.snv, (bool, np.bool_)):
             raise ValueError(f"prep_sbc: snv must be True or False, got {self.snv!r}")
-        if not _is_int(self.polyorder) or not 0 <= self.polyorder <= 5:
+        if not is_count(self.polyorder, 0) or self.polyorder > 5:
             raise ValueError(f"prep_sbc: polyorder must be an integer from 0 to 5, got {self.polyorder!r}")
-        if not _is_int(self.deriv) or not 0 <= self.deriv <= min(2, self.polyorder):
+        if not is_count(self.deriv, 0) or self.deriv > min(2, self.polyorder):
             raise ValueError(
                 f"prep_sbc: deriv must be 0, 1 or 2 and at most polyorder ({self.polyorder}), got {self.deriv!r}"
             )
@@ -126,9 +131,7 @@ class PrepSBC(SBC):
                 f"prep_sbc: windows must be a non-empty sequence of odd integers above polyorder "
                 f"({self.polyorder}), got {self.windows!r}"
             )
-        mc = self.max_components
-        if isinstance(mc, bool) or not isinstance(mc, (int, np.integer)) or mc < 1:
-            raise ValueError(f"prep_sbc: max_components must be a positive integer, got {mc!r}")
+        check_max_components("prep_sbc", self.max_components)
 
     def candidate_windows(self, n_channels: int) -> list[int]:
         """The windows compared (ascending, at most ``n_channels``), or the fixed one."""
@@ -220,4 +223,4 @@ class PrepSBC(SBC):
 
 
 def _valid_window(w: Any, polyorder: Any) -> bool:
-    return _is_int(w) and w % 2 == 1 and w > polyorder
+    return is_count(w, polyorder + 1) and w % 2 == 1
