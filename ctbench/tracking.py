@@ -363,13 +363,20 @@ def schema_current(path: Path) -> bool:
 
 def experiment_id(client, results_dir: Path | str, name: str) -> str:
     """The id of experiment ``name``, created if missing with its artifacts beside the SQLite
-    store (not in the working directory). Call it holding :func:`tracking_lock`: two processes
-    creating one experiment at once would clash."""
+    store (not in the working directory). Call it holding :func:`tracking_lock`. A shared server
+    has no lock in common between hosts: when another process created the experiment between the
+    lookup and the creation, the creation fails and the experiment it made is used."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     loc = artifact_location(results_dir) if tracking_uri(results_dir).startswith("sqlite") else None
-    return client.create_experiment(name, artifact_location=loc)
+    try:
+        return client.create_experiment(name, artifact_location=loc)
+    except Exception:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:  # not a lost race: the creation itself failed
+            raise
+        return exp.experiment_id
 
 
 def _connect(uri: str):

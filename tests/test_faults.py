@@ -300,3 +300,31 @@ def test_thread_variables_do_not_change_results_and_records_carry_them(tmp_path)
     assert ra["environment"]["torch"] == version("torch")
     assert ra["threads"]["torch"] == 1 and all(p.endswith(":1") for p in ra["threads"]["pools"])
     assert rb["threads"]["env"]["MKL_NUM_THREADS"] == "1"  # the workers run with one thread whatever the caller set
+
+
+def test_experiment_creation_race_on_a_shared_server_uses_the_winners_experiment(tmp_path):
+    """Two hosts (no common lock) looking up one missing experiment on one MLflow server: the second
+    creation fails, and that host logs into the experiment the first one made instead of switching
+    MLflow off (seen in test_two_hosts_tune_log_their_trials_to_one_mlflow_server). A creation that
+    fails for another reason still raises."""
+    from types import SimpleNamespace
+
+    from ctbench.tracking import experiment_id
+
+    class Server:
+        def __init__(self, winner: bool):
+            self.lookups = 0
+            self.winner = winner
+
+        def get_experiment_by_name(self, name):
+            self.lookups += 1
+            if self.lookups == 1 or not self.winner:
+                return None  # missing when this host looked
+            return SimpleNamespace(experiment_id="7")  # made by the other host meanwhile
+
+        def create_experiment(self, name, artifact_location=None):
+            raise RuntimeError("RESOURCE_ALREADY_EXISTS" if self.winner else "connection refused")
+
+    assert experiment_id(Server(winner=True), tmp_path, "ctbench/tune/x") == "7"
+    with pytest.raises(RuntimeError, match="connection refused"):
+        experiment_id(Server(winner=False), tmp_path, "ctbench/tune/x")
