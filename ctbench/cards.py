@@ -193,7 +193,9 @@ _SUITE_SCHEMA = {
 
 TEST_STRATEGIES = ("kfold", "random", "official")
 STANDARD_STRATEGIES = ("kennard_stone", "random")
-ALIGNMENT_MODES = ("none", "overlap", "grid")
+ALIGNMENT_MODES = ("none", "overlap", "grid", "native")
+"""``native``: methods tagged ``native_axes`` get each instrument's own axis; every other method
+gets the overlap grid, as with ``overlap``."""
 
 
 def _validate(data: dict[str, Any], schema: dict, where: str) -> dict[str, Any]:
@@ -279,6 +281,7 @@ def parse_card(text: str, where: str) -> TaskCard | SuiteCard:
             description=d["description"],
             path=where,
         )
+    _check_misplaced_loader_keys(data, where)
     d = _validate(data, _TASK_SCHEMA, where)
     if d["kind"] != "task":
         raise CardError(f"{where}: key 'kind' must be 'task' or 'suite', got {d['kind']!r}")
@@ -324,6 +327,25 @@ def parse_card(text: str, where: str) -> TaskCard | SuiteCard:
     )
 
 
+def _check_misplaced_loader_keys(data: Any, where: str) -> None:
+    """A loader option (``files:``, ``id_column:``, ...) written at the card's top level: say
+    where it belongs instead of only that the key is unknown."""
+    if not isinstance(data, dict):
+        return
+    misplaced = [k for k in data if isinstance(k, str) and k not in _TASK_SCHEMA]
+    if not misplaced:
+        return
+    from ctbench.data.loaders import CSV_OPTIONS, MAT_OPTIONS
+
+    loader_keys = set(CSV_OPTIONS) | set(MAT_OPTIONS) | {"keep_outliers", "n_samples", "n_channels"}
+    for key in misplaced:
+        if key in loader_keys:
+            raise CardError(
+                f"{where}: unknown key {key!r}: {key!r} is a loader option and belongs under 'loader_options:' "
+                f"(indented below it, e.g. loader_options: {{{key}: ...}}); see docs/your-data.md"
+            )
+
+
 def _check_alignment(alignment: dict[str, Any], where: str) -> dict[str, Any]:
     mode = alignment["mode"]
     if mode not in ALIGNMENT_MODES:
@@ -335,7 +357,7 @@ def _check_alignment(alignment: dict[str, Any], where: str) -> dict[str, Any]:
     if mode != "grid" and (alignment["start"] is not None or alignment["stop"] is not None):
         raise CardError(f"{where}: alignment.start and alignment.stop apply to mode 'grid' only (mode is {mode!r})")
     if mode == "none" and alignment["step"] is not None:
-        raise CardError(f"{where}: alignment.step applies to modes 'overlap' and 'grid' only (mode is 'none')")
+        raise CardError(f"{where}: alignment.step applies to modes 'overlap', 'native' and 'grid' only (mode is 'none')")
     step = alignment["step"]
     if step is not None and not step > 0:
         raise CardError(f"{where}: alignment.step must be positive, got {step!r}")

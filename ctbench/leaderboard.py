@@ -123,7 +123,9 @@ def consistent_records(records: list[dict]) -> tuple[list[dict], list[str]]:
     for r in ok:
         if id(r) not in bad and r.get("residuals") is not None:
             samples[(r["identity"]["task"], _split_key(r))][tuple(r["residuals"]["sample"])] += 1
-    common = {key: c.most_common(1)[0][0] for key, c in samples.items()}
+    # the most common sample column; on a tie the longer one (a cut record is the likelier corrupt
+    # one), then the first seen, so the choice does not depend on the store's file order alone
+    common = {key: max(c.items(), key=lambda kv: (kv[1], len(kv[0])))[0] for key, c in samples.items()}
     for r in ok:
         if id(r) in bad or r.get("residuals") is None:
             continue
@@ -388,8 +390,39 @@ def _label(r: dict) -> str:
     return r["method"] + (" *" if r["reference"] else "")
 
 
-def _reps(r: dict) -> str:
-    return f"{r['reps']}" + (f" ({r['failed']} failed)" if r["failed"] else "")
+def partial_rows(rows: list[dict]) -> dict[int, int]:
+    """id(row) -> the most repetitions of its task, for each partial row: one with fewer records (ok +
+    failed) than the most any row of its task has (read while a run is still going, or a run stopped
+    early; its interval and tie group are provisional). A method's tuned and default rows of one
+    (task, N) count together: ``run --params tuned`` runs the outer splits without tuned parameters
+    with the defaults."""
+    most: dict[str, int] = {}
+    pooled: dict[tuple, int] = {}
+    for r in rows:
+        count = int(r["reps"]) + int(r["failed"])
+        most[r["task"]] = max(most.get(r["task"], 0), count)
+        key = (r["task"], r["n_shots"], r["property"], r["method"].replace(" (tuned)", ""))
+        pooled[key] = pooled.get(key, 0) + count
+    out = {}
+    for r in rows:
+        if pooled[(r["task"], r["n_shots"], r["property"], r["method"].replace(" (tuned)", ""))] < most[r["task"]]:
+            out[id(r)] = most[r["task"]]
+    return out
+
+
+def partial_cells(rows: list[dict]) -> list[tuple[str, int, str]]:
+    """The (task, N, method) cells whose rows are partial (``partial_rows``), once each."""
+    partial = partial_rows(rows)
+    return sorted({(r["task"], r["n_shots"], r["method"]) for r in rows if id(r) in partial})
+
+
+def _reps(r: dict, partial: dict[int, int] | None = None) -> str:
+    """"10", "3 (7 failed)", and for a partial row "3/10 partial"."""
+    of = (partial or {}).get(id(r))
+    text = f"{r['reps']}" if of is None else f"{r['reps']}/{of}"
+    if r["failed"]:
+        text += f" ({r['failed']} failed)"
+    return text if of is None else text + " partial"
 
 
 LEGEND = (
@@ -400,9 +433,86 @@ LEGEND = (
     "shared group. `*` reference row (not ranked). RMSEP: mean ± sd over repetitions (outer splits x standards draws)."
 )
 
+GAP_LEGEND = ("gap closed = (RMSEP_no_transfer − RMSEP) / (RMSEP_no_transfer − RMSEP_full_recalibration) per "
+              "property on the same outer split, mean over repetitions (unstable where the two ends are close).")
 
-def format_rows(rows: list[dict], fmt: str) -> str:
-    """Render rows as md / csv / json text."""
+
+def partial_note(rows: list[dict]) -> str | None:
+    """One footnote line for the partial rows, or None."""
+    partial = partial_rows(rows)
+    most = {r["task"]: partial[id(r)] for r in rows if id(r) in partial}
+    if not most:
+        return None
+    return ("partial = fewer repetitions than the most any row of the task has ("
+            + ", ".join(f"{t}: {m}" for t, m in sorted(most.items()))
+            + "), e.g. read while a run is still going: its interval and tie group are provisional.")
+
+
+def _finite(v: Any) -> bool:
+    return v is not None and bool(np.isfinite(v))
+
+
+def _has_reference(task: str, name: str, rows: list[dict], records: list[dict] | None) -> bool:
+    if records is not None:
+        return any(r["identity"]["task"] == task and r["identity"]["method"] == name and r["status"] == "ok"
+                   and not (r.get("method") or {}).get("user_params") for r in records)
+    return any(r["task"] == task and r["method"] == name and _finite(r["rmsep_mean"]) for r in rows)
+
+
+def _zero_gap(task: str, n: int, prop: str, rows: list[dict]) -> bool:
+    """no_transfer and full_recalibration with the same RMSEP on ``prop`` (same N if shown there)."""
+    def rmsep(name: str) -> float | None:
+        found = [r for r in rows if r["task"] == task and r["property"] == prop and r["method"] == name
+                 and _finite(r["rmsep_mean"])]
+        found.sort(key=lambda r: r["n_shots"] != n)
+        return found[0]["rmsep_mean"] if found else None
+
+    a, b = rmsep("no_transfer"), rmsep("full_recalibration")
+    return a is not None and b is not None and abs(a - b) <= 1e-9 * max(abs(a), abs(b), 1e-300)
+
+
+def gap_notes(rows: list[dict], records: list[dict] | None = None) -> list[str]:
+    """Footnotes saying why gap-closed cells are blank in a per-property view (none otherwise).
+
+    ``records`` (the records the rows were built from) tell a missing reference from one left out
+    of the view by a --method filter; without them the rows are the evidence."""
+    if not any(r["property"] != "mean" for r in rows):
+        return []
+    notes = []
+    if any(r["property"] == "mean" for r in rows):
+        notes.append("gap closed is blank on the mean rows: it is a per-property figure (a mean of gaps would mix "
+                     "the properties' scales).")
+    blank: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["property"] != "mean" and not _finite(r["gap_closed"]) and _finite(r["rmsep_mean"]):
+            blank.setdefault(r["task"], []).append(r)
+    for task, task_rows in sorted(blank.items()):
+        missing = [m for m in ("no_transfer", "full_recalibration") if not _has_reference(task, m, rows, records)]
+        if missing:
+            notes.append(f"gap closed is blank for task {task}: no {' and no '.join(missing)} records with default "
+                         f"parameters, the ends of the gap (run `ctbench run -m {','.join(missing)} -t {task}` "
+                         f"with the same --reps).")
+            continue
+        zero = sorted({r["property"] for r in task_rows if _zero_gap(task, r["n_shots"], r["property"], rows)})
+        if zero:
+            notes.append(f"gap closed is blank for task {task}, {', '.join(zero)}: no_transfer and full_recalibration "
+                         f"have the same RMSEP there (no gap to close).")
+        rest = [r for r in task_rows if r["property"] not in zero]
+        if rest:
+            notes.append(f"gap closed is blank on {len(rest)} row(s) of task {task}: the no_transfer or "
+                         f"full_recalibration records lack those repetitions' outer splits, or the two have the "
+                         f"same RMSEP on each of them (no gap to close).")
+    return notes
+
+
+def footnotes(rows: list[dict], records: list[dict] | None = None, gap: bool = True) -> list[str]:
+    """The table's footnotes: partial rows, blank gap-closed cells (``gap``: the column is shown)."""
+    note = partial_note(rows)
+    return ([note] if note else []) + (gap_notes(rows, records) if gap else [])
+
+
+def format_rows(rows: list[dict], fmt: str, records: list[dict] | None = None) -> str:
+    """Render rows as md / csv / json text (``records``: see ``gap_notes``)."""
     if fmt == "json":
         import json
 
@@ -423,6 +533,7 @@ def format_rows(rows: list[dict], fmt: str) -> str:
     metric = rows[0]["metric"] if rows else "rel_rmsep"
     per_property = any(r["property"] != "mean" for r in rows)
     groups = _group_labels(rows)
+    partial = partial_rows(rows)
     raw = "RMSEP" if metric == "rel_rmsep" else metric
     headers = ["task", "N"] + (["property"] if per_property else []) + ["group", "method", "rel. RMSEP [95 % CI]",
                                                                         f"{raw} (mean ± sd)", "R2"]
@@ -433,48 +544,139 @@ def format_rows(rows: list[dict], fmt: str) -> str:
         out = [r["task"], str(r["n_shots"])] + ([r["property"]] if per_property else [])
         out += [groups[id(r)], _label(r), _interval(r["rel_mean"], r["rel_lo"], r["rel_hi"]), _mean_sd(*value),
                 _fmt(r["r2_mean"], 3)]
-        return out + ([_gap(r["gap_closed"])] if per_property else []) + [_reps(r)]
+        return out + ([_gap(r["gap_closed"])] if per_property else []) + [_reps(r, partial)]
 
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(cells(r)) + " |" for r in rows]
     lines += ["", LEGEND]
     if per_property:
-        lines.append("gap closed = (RMSEP_no_transfer − RMSEP) / (RMSEP_no_transfer − RMSEP_full_recalibration) per "
-                     "property on the same outer split, mean over repetitions (unstable where the two ends are close).")
+        lines.append(GAP_LEGEND)
+    notes = footnotes(rows, records)
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
     return "\n".join(lines)
 
 
-def rich_table(rows: list[dict]):
-    """Terminal output: one compact table per (task, N, property) cell, tie group 1 in bold green."""
+# --- terminal tables ------------------------------------------------------------------------------
+
+# (key, header, justify, wraps): only the method column wraps (long labels fold), numbers never do.
+_COLUMN_SEP = 3  # one space of padding either side of a one-space divider (box.SIMPLE_HEAD, no edges)
+_MIN_METHOD = 10  # the method column is never squeezed below this (or its longest label, if shorter)
+
+
+def _columns(metric: str, per_property: bool, wide: bool) -> list[tuple[str, str, str, bool]]:
+    raw = "RMSEP" if metric == "rel_rmsep" else metric
+    cols = [("grp", "grp", "right", False), ("method", "method", "left", True),
+            ("rel", "rel. RMSEP [95% CI]", "left", False)]
+    if wide or metric != "rel_rmsep":  # the metric asked for is always shown
+        cols.append(("value", f"{raw} mean±sd", "left", False))
+    if wide:
+        cols.append(("r2", "R2", "right", False))
+        if per_property and metric != "gap_closed":
+            cols.append(("gap", "gap closed", "right", False))
+    cols.append(("reps", "reps", "right", False))
+    return cols
+
+
+def _cell(key: str, r: dict, groups: dict[int, str], partial: dict[int, int]) -> str:
+    if key == "grp":
+        return groups[id(r)]
+    if key == "method":
+        return _label(r)
+    if key == "rel":
+        if not _finite(r["rel_mean"]):
+            return "-"
+        return f"{r['rel_mean']:.2f}" + (f" [{r['rel_lo']:.2f}, {r['rel_hi']:.2f}]" if _finite(r["rel_lo"]) else "")
+    if key == "value":
+        mean, sd = (r["rmsep_mean"], r["rmsep_sd"]) if r["metric"] == "rel_rmsep" else (r["mean"], r["sd"])
+        if not _finite(mean):
+            return "-"
+        return f"{mean:.3g} ± {sd if _finite(sd) else 0.0:.2g}"
+    if key == "r2":
+        return "-" if not _finite(r["r2_mean"]) else f"{r['r2_mean']:.2f}"
+    if key == "gap":
+        return _gap(r["gap_closed"])
+    if key == "reps":
+        return _reps(r, partial)
+    raise KeyError(key)
+
+
+def _natural_widths(rows: list[dict], cols: list[tuple[str, str, str, bool]]) -> list[int]:
+    from rich.cells import cell_len
+
+    groups, partial = _group_labels(rows), partial_rows(rows)
+    return [max([cell_len(header)] + [cell_len(_cell(key, r, groups, partial)) for r in rows])
+            for key, header, _, _ in cols]
+
+
+def terminal_layout(rows: list[dict], wide: bool = False, width: int | None = None
+                    ) -> tuple[list[tuple[str, str, str, bool]], int]:
+    """The columns of the terminal tables and the narrowest width that shows them with every number
+    whole (the method column wraps, down to ``_MIN_METHOD`` characters).
+
+    ``wide``: every column. Otherwise the compact set (group, method, rel. RMSEP [95% CI], the
+    metric asked for if another, reps); given the terminal's ``width``, every column when they all
+    fit it without wrapping a label."""
+    metric = rows[0]["metric"] if rows else "rel_rmsep"
+    per_property = any(r["property"] != "mean" for r in rows)
+    full = _columns(metric, per_property, True)
+    if not wide:
+        compact = _columns(metric, per_property, False)
+        natural = _natural_widths(rows, full)
+        fits = width is not None and sum(natural) + _COLUMN_SEP * (len(full) - 1) <= width
+        cols = full if fits else compact
+    else:
+        cols = full
+    widths = _natural_widths(rows, cols)
+    needed = sum(min(w, max(_MIN_METHOD, len("method"))) if wraps else w
+                 for w, (_, _, _, wraps) in zip(widths, cols)) + _COLUMN_SEP * (len(cols) - 1)
+    return cols, needed
+
+
+def rich_table(rows: list[dict], wide: bool = False, width: int | None = None, records: list[dict] | None = None,
+               columns: list[tuple[str, str, str, bool]] | None = None):
+    """Terminal output: one compact table per (task, N, property) cell, tie group 1 in bold green,
+    then the legend and the footnotes (``footnotes``; ``records``: see ``gap_notes``).
+
+    Columns: ``terminal_layout(rows, wide, width)`` unless given; the same widths in every
+    table. Numbers never wrap; the method column takes what is left of ``width`` (its labels
+    fold), never less than ``_MIN_METHOD``: printed on a console ``terminal_layout``'s width or
+    wider, no number is ever cut. Every label is plain text, never read as rich markup."""
     from rich import box
     from rich.console import Group
-    from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 
-    metric = rows[0]["metric"] if rows else "rel_rmsep"
-    raw = "RMSEP" if metric == "rel_rmsep" else metric
-    groups = _group_labels(rows)
+    cols = columns if columns is not None else terminal_layout(rows, wide, width)[0]
+    widths = _natural_widths(rows, cols)
+    if width is not None:
+        fixed = sum(w for w, c in zip(widths, cols) if not c[3]) + _COLUMN_SEP * (len(cols) - 1)
+        widths = [max(min(w, width - fixed), min(w, _MIN_METHOD)) if c[3] else w for w, c in zip(widths, cols)]
+    groups, partial = _group_labels(rows), partial_rows(rows)
     cells: dict[tuple, list[dict]] = {}
     for r in rows:
         cells.setdefault((r["task"], r["n_shots"], r["property"]), []).append(r)
     parts: list = []
     for (task, n, prop), cell_rows in cells.items():
         title = f"{task} · N = {n}" + ("" if prop == "mean" else f" · {prop}")
-        table = Table(title=escape(title), title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False,
-                      pad_edge=False)
-        for h, just in (("grp", "right"), ("method", "left"), ("rel. RMSEP [95%]", "left"),
-                        (f"{raw} mean±sd", "left"), ("R2", "right"), ("reps", "right")):
-            table.add_column(h, justify=just, overflow="fold", no_wrap=True)
+        table = Table(title=Text(title, style="bold"), title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
+                      show_edge=False, pad_edge=False)
+        for (_, header, just, wraps), w in zip(cols, widths):
+            table.add_column(Text(header), justify=just, width=w, overflow="fold", no_wrap=not wraps)
         for r in cell_rows:
             style = "dim" if r["reference"] else ("bold green" if r["group"] == 1 else None)
-            value = (r["rmsep_mean"], r["rmsep_sd"]) if metric == "rel_rmsep" else (r["mean"], r["sd"])
-            value = "-" if not np.isfinite(value[0]) else f"{value[0]:.3g} ± {value[1]:.2g}"
-            rel = "-" if not np.isfinite(r["rel_mean"]) else (
-                f"{r['rel_mean']:.2f}" + (f" [{r['rel_lo']:.2f}, {r['rel_hi']:.2f}]" if np.isfinite(r["rel_lo"]) else ""))
-            r2 = "-" if not np.isfinite(r["r2_mean"]) else f"{r['r2_mean']:.2f}"
-            table.add_row(groups[id(r)], escape(_label(r)), rel, value, r2, _reps(r),
-                          style=style)
+            table.add_row(*[Text(_cell(key, r, groups, partial)) for key, _, _, _ in cols], style=style)
         parts.append(table)
     parts.append(Text(LEGEND, style="dim"))
+    metric = rows[0]["metric"] if rows else "rel_rmsep"
+    shown = {c[0] for c in cols}
+    left_out = [header for key, header, _, _ in _columns(metric, any(r["property"] != "mean" for r in rows), True)
+                if key not in shown]
+    gap_shown = "gap" in shown or metric == "gap_closed"
+    if gap_shown and any(r["property"] != "mean" for r in rows):
+        parts.append(Text(GAP_LEGEND, style="dim"))
+    if left_out:
+        parts.append(Text(f"Not shown to fit the width: {', '.join(left_out)} (--wide shows every column).",
+                          style="dim"))
+    parts += [Text(note, style="yellow") for note in footnotes(rows, records, gap=gap_shown)]
     return Group(*parts)

@@ -37,6 +37,11 @@ class Tags:
     """A reference row (no_transfer, target_only, full_recalibration)."""
     iterative: bool = False
     """Reports intermediate values to a tuning trial (pruners can stop it early)."""
+    native_axes: bool = False
+    """Accepts each instrument's own axis: on a task whose card says ``alignment: native`` the
+    method gets source spectra on the source axis and target spectra on the target axis
+    (``Standards.axis_target``; ``predict`` gets target spectra on it) instead of both on the
+    overlap grid."""
 
     def __post_init__(self) -> None:
         if self.zero_shot and self.min_shots != 0:
@@ -68,6 +73,9 @@ class Standards:
     axis_unit: str
     properties: tuple[str, ...]
     groups: np.ndarray | None = None
+    axis_target: np.ndarray | None = None
+    """The target spectra's axis when it differs from ``axis`` (methods tagged ``native_axes``
+    on a card with ``alignment: native``); None: both are on ``axis``."""
 
     @property
     def n(self) -> int:

@@ -29,9 +29,25 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
 
 
 def evaluate(y_true: np.ndarray, y_pred: np.ndarray, properties: tuple[str, ...]) -> dict:
-    """Per-property metrics and their mean over properties."""
-    per = {p: regression_metrics(y_true[:, j], y_pred[:, j]) for j, p in enumerate(properties)}
-    mean = {m: float(np.mean([per[p][m] for p in properties])) for m in METRICS}
+    """Per-property metrics and their mean over properties.
+
+    A missing reference value (NaN in ``y_true``: a sample without a reference for that
+    property) leaves that row out of that property's metrics only; a property with no
+    reference at all gets NaN metrics, and the means are over the properties that have one."""
+    y_true = np.asarray(y_true, dtype=float)
+    per = {}
+    for j, p in enumerate(properties):
+        have = ~np.isnan(y_true[:, j])
+        if have.all():
+            per[p] = regression_metrics(y_true[:, j], y_pred[:, j])
+        elif have.any():
+            per[p] = regression_metrics(y_true[have, j], y_pred[have, j])
+        else:
+            per[p] = {m: float("nan") for m in METRICS}
+    mean = {}
+    for m in METRICS:
+        vals = [per[p][m] for p in properties if not np.isnan(per[p][m])]
+        mean[m] = float(np.mean(vals)) if vals else float("nan")
     return {"per_property": per, "mean": mean}
 
 

@@ -15,6 +15,12 @@ copies what has gathered, in batches, one hold of the results dir's MLflow lock 
 - **a tracking server or another database** (``MLFLOW_TRACKING_URI``): MLflow's client, one
   ``log_batch`` per run.
 
+Each record's run carries ``rel_rmsep`` (RMSEP / full_recalibration's on the same outer test
+split, geometric mean over the properties) once that split's full_recalibration record is in the
+store: computed from the store's reference records when the run is written, or added at the end
+of a later command (:meth:`MlflowSink._fill_relative`). A new experiment gets the tags of
+``tracking.experiment_tags`` (docs/tracking.md, "In MLflow's UI").
+
 What the faults issue asks of MLflow holds for both: runs are checked and written under the lock,
 a journal tells concurrent sweeps what the others wrote, a run is complete only when it carries
 the record's content hash (the SQL path writes a run in one transaction, so it is complete or
@@ -53,6 +59,7 @@ from ctbench.tracking import (
     artifact_location,
     experiment_id,
     experiment_name,
+    experiment_tags,
     open_client,
     preflight,
     sqlite_path,
@@ -109,9 +116,109 @@ class Draft:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
-def draft(record: dict, path: Path, data: bytes, key: str) -> Draft:
+REL_METRIC = "rel_rmsep"
+"""The headline metric of a record's run: RMSEP / RMSEP of full_recalibration on the same outer
+test split, geometric mean over the properties (as the report computes it per record)."""
+TEST_ROWS_TAG = "ctbench.test_rows_hash"
+"""The record's outer test split (``split.test_rows_hash``): whose full_recalibration it is relative to."""
+REFERENCE = "full_recalibration"
+
+
+def relative_rmsep(rmsep: dict[str, float], reference: dict[str, float] | None) -> float | None:
+    """Geometric mean over the properties of RMSEP / the reference's RMSEP; None when a property
+    lacks a reference, or a value is not a positive number."""
+    if not reference or not rmsep:
+        return None
+    logs = []
+    for prop, value in rmsep.items():
+        ref = reference.get(prop)
+        try:
+            ratio = float(value) / float(ref)
+        except (TypeError, ValueError, ZeroDivisionError):
+            return None
+        if not (math.isfinite(ratio) and ratio > 0):
+            return None
+        logs.append(math.log(ratio))
+    return math.exp(sum(logs) / len(logs))
+
+
+def _rmsep_of(record: dict) -> dict[str, float]:
+    per = (record.get("metrics") or {}).get("per_property") or {}
+    return {prop: vals.get("rmsep") for prop, vals in per.items() if isinstance(vals, dict)}
+
+
+def _split_of(record: dict) -> tuple[str, str]:
+    """(task version, test-rows hash) of a record: what its reference must share."""
+    return str(record["identity"]["task_version"]), str((record.get("split") or {}).get("test_rows_hash", ""))
+
+
+class References:
+    """The RMSEP per property of full_recalibration (default parameters, ok records) per task and
+    outer test split, read from the store's records (``runs/<task>/full_recalibration/``) once per
+    task and kept up to date with the records that pass through the sink; the mean when several
+    records share a split (as the report does)."""
+
+    def __init__(self, results_dir: Path):
+        self.results_dir = Path(results_dir)
+        self._tasks: dict[str, dict[tuple[str, str], dict[str, dict[str, float]]]] = {}
+        self._means: dict[str, dict[tuple[str, str], dict[str, float]]] = {}
+
+    @staticmethod
+    def usable(record: dict) -> bool:
+        return (record.get("status") == "ok" and record["identity"]["method"] == REFERENCE
+                and not (record.get("method") or {}).get("user_params") and bool(_split_of(record)[1])
+                and bool(_rmsep_of(record)))
+
+    def _task(self, task: str) -> dict[tuple[str, str], dict[str, dict[str, float]]]:
+        if task not in self._tasks:
+            from ctbench.store import Store, _safe, record_problem
+
+            found: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
+            folder = Store(self.results_dir).runs / _safe(task) / _safe(REFERENCE)
+            for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+                if path.name.startswith(".tmp-"):
+                    continue
+                try:
+                    rec = json.loads(path.read_bytes())
+                except (OSError, ValueError, RecursionError):
+                    continue
+                if record_problem(rec) is None and rec["identity"]["task"] == task and self.usable(rec):
+                    found.setdefault(_split_of(rec), {})[path.stem] = _rmsep_of(rec)
+            self._tasks[task] = found
+        return self._tasks[task]
+
+    def add(self, record: dict, key: str) -> None:
+        """A full_recalibration record the sink copies (before the records that need it)."""
+        if self.usable(record):
+            task = record["identity"]["task"]
+            self._task(task).setdefault(_split_of(record), {})[key] = _rmsep_of(record)
+            self._means.pop(task, None)
+
+    def of_task(self, task: str) -> dict[tuple[str, str], dict[str, float]]:
+        """(task version, test-rows hash) -> property -> mean RMSEP of full_recalibration."""
+        if task not in self._means:
+            out = {}
+            for split, by_key in self._task(task).items():
+                props: dict[str, list[float]] = {}
+                for rmseps in by_key.values():
+                    for prop, v in rmseps.items():
+                        if type(v) in (int, float) and math.isfinite(v):
+                            props.setdefault(prop, []).append(float(v))
+                out[split] = {prop: sum(vs) / len(vs) for prop, vs in props.items()}
+            self._means[task] = out
+        return self._means[task]
+
+    def relative(self, record: dict) -> float | None:
+        """The record's relative RMSEP, or None (failed, or no reference on its split yet)."""
+        if record.get("status") != "ok":
+            return None
+        return relative_rmsep(_rmsep_of(record), self.of_task(record["identity"]["task"]).get(_split_of(record)))
+
+
+def draft(record: dict, path: Path, data: bytes, key: str, relative: float | None = None) -> Draft:
     """The run of one record: the identity as params, headline metrics per property and their
-    mean, timings, tags to find it (key, status, versions, split), the record file as artifact."""
+    mean (and ``rel_rmsep``, the relative RMSEP, when ``relative`` is given), timings, tags to
+    find it (key, status, versions, split), the record file as artifact."""
     ident = record["identity"]
     params = {f"param.{k}": str(v)[:500] for k, v in sorted((ident.get("params") or {}).items())}
     params.update(method=str(ident["method"]), task=str(ident["task"]), n_shots=str(ident["n_shots"]),
@@ -125,6 +232,8 @@ def draft(record: dict, path: Path, data: bytes, key: str) -> Draft:
             metrics[f"{prop}.{name}"] = _finite(value)
     for name, value in (record.get("timings") or {}).items():
         metrics[f"time.{name}"] = _finite(value)
+    if relative is not None:
+        metrics[REL_METRIC] = _finite(relative)
     name = f"{ident['method']}-N{ident['n_shots']}-rep{ident['rep']}"
     tags = {
         KEY_TAG: key,
@@ -132,6 +241,7 @@ def draft(record: dict, path: Path, data: bytes, key: str) -> Draft:
         "ctbench.task_version": str(ident["task_version"]),
         "ctbench.method_version": str(ident["method_version"]),
         "ctbench.split_hash": str((record.get("split") or {}).get("hash", "")),
+        TEST_ROWS_TAG: str((record.get("split") or {}).get("test_rows_hash", "")),
         "ctbench.transductive": str(record.get("transductive", False)),
         "mlflow.runName": name,
         "mlflow.note.content": "ctbench record",
@@ -198,6 +308,7 @@ class SqlRuns:
         "params": ("key", "value", "run_uuid"),
         "metrics": ("key", "value", "timestamp", "step", "is_nan", "run_uuid"),
         "latest_metrics": ("key", "value", "timestamp", "step", "is_nan", "run_uuid"),
+        "experiment_tags": ("key", "value", "experiment_id"),  # with a new experiment (tracking.experiment_tags)
     }
     READ = {"experiments": ("experiment_id", "name", "artifact_location", "lifecycle_stage")}
 
@@ -250,6 +361,8 @@ class SqlRuns:
             with self._transaction():
                 cur = self.con.execute(f"INSERT INTO experiments ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                                        tuple(cols.values()))
+                self.con.executemany('INSERT INTO experiment_tags ("key", value, experiment_id) VALUES (?, ?, ?)',
+                                     [(k, v, cur.lastrowid) for k, v in experiment_tags(name).items()])
             exp_id, rows = str(cur.lastrowid), [(cur.lastrowid, location)]
         else:  # one per workspace, or workspaces in use: MLflow's client creates or finds it
             uri = tracking_uri(self.results_dir)
@@ -323,6 +436,38 @@ class SqlRuns:
                 cols = self.WRITTEN[table]
                 self.con.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", rows)
 
+    def lacking(self, exp_id: str) -> list[tuple[str, tuple[str, str], dict[str, float]]]:
+        """(run id, (task version, test-rows hash), property -> RMSEP) of the experiment's finished
+        record runs that have no ``rel_rmsep`` yet (their reference was not in the store then)."""
+        rows = self.con.execute(
+            "SELECT r.run_uuid, COALESCE(v.value, ''), h.value FROM runs r "
+            "JOIN tags k ON k.run_uuid = r.run_uuid AND k.key = ? "
+            "JOIN tags h ON h.run_uuid = r.run_uuid AND h.key = ? "
+            "LEFT JOIN tags v ON v.run_uuid = r.run_uuid AND v.key = 'ctbench.task_version' "
+            "WHERE r.experiment_id = ? AND r.lifecycle_stage = 'active' AND r.status = 'FINISHED' AND h.value != '' "
+            "AND NOT EXISTS (SELECT 1 FROM latest_metrics m WHERE m.run_uuid = r.run_uuid AND m.key = ?)",
+            (KEY_TAG, TEST_ROWS_TAG, int(exp_id), REL_METRIC)).fetchall()
+        rmsep: dict[str, dict[str, float]] = {}
+        ids = [r[0] for r in rows]
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            for run_id, key, value, nan in self.con.execute(
+                    f"SELECT run_uuid, key, value, is_nan FROM latest_metrics WHERE key LIKE '%.rmsep' "
+                    f"AND run_uuid IN ({','.join('?' * len(chunk))})", chunk):
+                rmsep.setdefault(run_id, {})[key[:-len(".rmsep")]] = float("nan") if nan else value
+        return [(run_id, (version, h), rmsep.get(run_id, {})) for run_id, version, h in rows]
+
+    def add_metric(self, name: str, values: list[tuple[str, float]]) -> None:
+        """Log metric ``name`` (step 0, timestamp 0, as the runs' other metrics) on runs that
+        lack it, in one transaction."""
+        if values:
+            rows = [(name, v, 0, 0, 0, run_id) for run_id, v in values]
+            cols = self.WRITTEN["metrics"]
+            with self._transaction():
+                for table in ("metrics", "latest_metrics"):
+                    self.con.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                                         rows)
+
     @contextlib.contextmanager
     def _transaction(self):
         self.con.execute("BEGIN IMMEDIATE")
@@ -367,6 +512,29 @@ class ClientRuns:
     def delete(self, run_ids: list[str]) -> None:
         for run_id in run_ids:
             self.client.delete_run(run_id)
+
+    def lacking(self, exp_id: str) -> list[tuple[str, tuple[str, str], dict[str, float]]]:
+        """As :meth:`SqlRuns.lacking`."""
+        from mlflow.entities import ViewType
+
+        out, token = [], None
+        while True:
+            page = self.client.search_runs([exp_id], filter_string="attributes.status = 'FINISHED'",
+                                           run_view_type=ViewType.ACTIVE_ONLY, max_results=5000, page_token=token)
+            for r in page:
+                tags, metrics = r.data.tags, r.data.metrics
+                if tags.get(KEY_TAG) and tags.get(TEST_ROWS_TAG) and REL_METRIC not in metrics:
+                    out.append((r.info.run_id, (tags.get("ctbench.task_version", ""), tags[TEST_ROWS_TAG]),
+                                {k[:-len(".rmsep")]: v for k, v in metrics.items() if k.endswith(".rmsep")}))
+            token = page.token
+            if not token:
+                return out
+
+    def add_metric(self, name: str, values: list[tuple[str, float]]) -> None:
+        from mlflow.entities import Metric
+
+        for run_id, v in values:
+            self.client.log_batch(run_id, metrics=[Metric(name, v, 0, 0)])
 
     def write(self, exp_id: str, drafts: list[Draft], replaced: list[str]) -> None:
         from mlflow.entities import Metric, Param, RunTag
@@ -421,6 +589,7 @@ class MlflowSink:
         self.backend = ""
         """'sql' or 'client' once opened."""
         self._warn_fn = warn or (lambda msg: warnings.warn(msg, stacklevel=4))
+        self._refs = References(self.results_dir)
 
     # --- opening ----------------------------------------------------------------------------------
 
@@ -537,6 +706,7 @@ class MlflowSink:
         """:meth:`drain`, then delete runs orphaned by a dead process and close. Returns
         :attr:`mended`."""
         if self.drain(timeout):
+            self._fill_relative()
             self._orphans()
             if self._runs is not None:
                 with contextlib.suppress(Exception):
@@ -564,6 +734,7 @@ class MlflowSink:
         the older runs; returns the runs written."""
         per_exp: dict[str, tuple[dict[str, Draft], list[str], list[str]]] = {}  # drafts by key, replaced, journal
         stored_keys: set[str] = set()
+        todo = []
         for task, key, path, stored in items:
             exp_id = self._experiment(task)
             try:
@@ -577,12 +748,15 @@ class MlflowSink:
                 current = json.loads(data)  # what the file holds now: the run matches its hash
             except ValueError:  # replaced by something unreadable since: `run` redoes it
                 continue
+            self._refs.add(current, key)  # a full_recalibration record first: the batch's others need it
+            todo.append((exp_id, key, path, data, current, stored, old))
+        for exp_id, key, path, data, current, stored, old in todo:
             drafts, replaced, journal = per_exp.setdefault(exp_id, ({}, [], []))
             drafts.pop(key, None)  # the same record twice in one batch: the later wins
             if old is not None:
                 replaced.append(old[0])
                 journal.append(f"D\t{exp_id}\t{key}\t{old[0]}\t-")
-            drafts[key] = draft(current, path, data, key)
+            drafts[key] = draft(current, path, data, key, self._refs.relative(current))
             if stored:
                 stored_keys.add(key)
         written = 0
@@ -617,6 +791,23 @@ class MlflowSink:
                 out[key] = (run_id, sha)
         self._runs.delete(gone)
         return out
+
+    def _fill_relative(self) -> None:
+        """Give ``rel_rmsep`` to the record runs of this command's experiments that lack it because
+        their split's full_recalibration record came later (in a later batch or command)."""
+        if self.disabled or self._runs is None or not self._experiments:
+            return
+        with self._faults("adding rel_rmsep failed"), tracking_lock(self.results_dir):
+            for task, exp_id in self._experiments.items():
+                refs = self._refs.of_task(task)
+                if not refs:
+                    continue
+                values = []
+                for run_id, split, rmsep in self._runs.lacking(exp_id):
+                    rel = relative_rmsep(rmsep, refs.get(split))
+                    if rel is not None:
+                        values.append((run_id, rel))
+                self._runs.add_metric(REL_METRIC, values)
 
     def _orphans(self) -> None:
         """Delete runs of this command's experiments left RUNNING by a process that died while

@@ -222,14 +222,33 @@ def interval_metrics(y: np.ndarray, lo: Any, hi: Any, properties: tuple[str, ...
     return {"per_property": per, "mean": {k: float(np.mean([per[p][k] for p in properties])) for k in ("coverage", "mean_width")}}
 
 
-def source_for(task: Any, cls: Any) -> SourceData:
-    """What ``fit`` sees: source spectra of the pool (target spectra for full recalibration)."""
-    pool = task.pool_rows
-    X = task.X_target[pool] if cls.tags.uses_target_calibration else task.X_source[pool]
+def native_for(task: Any, cls: Any) -> Any:
+    """The task's native axes if the method takes them (card ``alignment: native`` and the
+    method tagged ``native_axes``), else None: the method gets the common grid."""
+    native = getattr(task, "native", None)
+    return native if native is not None and getattr(cls.tags, "native_axes", False) else None
+
+
+def target_spectra(task: Any, cls: Any, rows: np.ndarray) -> np.ndarray:
+    """Target spectra of ``rows`` as the method sees them (native axis or common grid)."""
+    native = native_for(task, cls)
+    return _readonly((task.X_target if native is None else native.X_target)[rows])
+
+
+def source_for(task: Any, cls: Any, rows: np.ndarray | None = None) -> SourceData:
+    """What ``fit`` sees: source spectra of the pool (target spectra for full recalibration);
+    ``rows``: of these rows instead (the tuner's validation splits)."""
+    pool = task.pool_rows if rows is None else rows
+    native = None if cls.tags.uses_target_calibration else native_for(task, cls)
+    if native is not None:
+        X, axis = native.X_source[pool], native.axis_source
+    else:
+        X = task.X_target[pool] if cls.tags.uses_target_calibration else task.X_source[pool]
+        axis = task.axis
     return SourceData(
         X=_readonly(X),
         y=_readonly(task.y[pool]),
-        axis=_readonly(task.axis),
+        axis=_readonly(axis),
         axis_unit=task.axis_unit,
         properties=task.properties,
         instrument=task.card.target if cls.tags.uses_target_calibration else task.card.source,
@@ -237,16 +256,35 @@ def source_for(task: Any, cls: Any) -> SourceData:
     )
 
 
-def standards_for(task: Any, rows: np.ndarray) -> Standards:
+def standards_for(task: Any, rows: np.ndarray, cls: Any = None) -> Standards:
+    """The standards of ``rows``; on the instruments' own axes for a method that takes them."""
+    native = native_for(task, cls) if cls is not None else None
+    spectra = task if native is None else native
     return Standards(
-        X_source=_readonly(task.X_source[rows]),
-        X_target=_readonly(task.X_target[rows]),
+        X_source=_readonly(spectra.X_source[rows]),
+        X_target=_readonly(spectra.X_target[rows]),
         y=_readonly(task.y[rows]),
-        axis=_readonly(task.axis),
+        axis=_readonly(task.axis if native is None else native.axis_source),
         axis_unit=task.axis_unit,
         properties=task.properties,
         groups=np.array(task.groups[rows]),
+        axis_target=None if native is None else _readonly(native.axis_target),
     )
+
+
+def missing_references(task: Any, standard_rows: np.ndarray) -> dict[str, dict[str, int]] | None:
+    """Per property with missing reference values: how many samples of the calibration pool,
+    of the standards and of the test set have none (each left out of that property only)."""
+    if not task.missing_references:
+        return None
+
+    def count(rows: np.ndarray, j: int) -> int:
+        rows = np.asarray(rows, dtype=int)
+        return int(len(np.unique(task.groups[rows][np.isnan(task.y[rows, j])])))
+
+    return {p: {"calibration": count(task.pool_rows, j), "standards": count(standard_rows, j),
+                "test": count(task.test_rows, j)}
+            for j, p in enumerate(task.properties) if p in task.missing_references}
 
 
 # --- work packages ---------------------------------------------------------------------
@@ -273,13 +311,13 @@ def _split(task: Any, n: int, rep: int, seed: int) -> tuple[Any, dict]:
 def _residuals(task: Any, pred: np.ndarray) -> dict[str, Any]:
     """Per test row: its sample (index among the test set's samples) and predicted - reference
     per property (columns in ``properties`` order), to 7 significant digits (what the
-    leaderboard's bootstrap resamples)."""
+    leaderboard's bootstrap resamples); null where the sample has no reference value."""
     y = task.y[task.test_rows]
     _, sample = np.unique(task.groups[task.test_rows], return_inverse=True)
     return {
         "properties": list(task.properties),
         "sample": [int(i) for i in sample],
-        "values": [[float(f"{v:.7g}") for v in row] for row in (pred - y)],
+        "values": [[None if v != v else float(f"{v:.7g}") for v in row] for row in (pred - y)],
     }
 
 
@@ -324,7 +362,7 @@ def unit_packages(unit: WorkUnit) -> list[PackageJob]:
     jobs = []
     for k, items in by_outer.items():
         task = base.outer(k)
-        X_test = _readonly(task.X_target[task.test_rows])
+        X_test = target_spectra(task, cls, task.test_rows)
         summary = {**task.summary(), "card_sha256": task.card.sha256}
         pkg_items, records = [], {}
         for i, (n, rep) in enumerate(items):
@@ -358,6 +396,7 @@ def unit_packages(unit: WorkUnit) -> list[PackageJob]:
                 "transductive": bool(cls.tags.transductive),
                 "reference": bool(cls.tags.reference),
                 "split": dict(manifest),
+                **({"missing_references": missing} if (missing := missing_references(task, split.standard_rows)) else {}),
                 "data_sha256": task.data_sha256,
                 "environment": environment(),
                 "_load_s": load_s,
@@ -372,7 +411,7 @@ def unit_packages(unit: WorkUnit) -> list[PackageJob]:
             params=params,
             random_state=random_state if has_rs else None,
             source=source_for(task, cls),
-            bank=standards_for(task, bank_rows),
+            bank=standards_for(task, bank_rows, cls),
             items=items,
             unlabelled=X_test if cls.tags.transductive else None,
             share=bool(getattr(info, "builtin", False)) and not cls.tags.uses_target_calibration,

@@ -59,12 +59,19 @@ def residual_columns(rec: dict[str, Any], properties: list[str]) -> np.ndarray:
 
     The residuals' columns follow the task's property order (named in the block, else in the
     record's task summary); metrics dictionaries are stored with sorted keys, so never rely on
-    their order.
+    their order. A null residual (no reference value) is NaN.
     """
     res = rec["residuals"]
     names = res.get("properties") or (rec.get("task") or {}).get("properties") or properties
     values = np.asarray(res["values"], dtype=float).reshape(len(res["values"]), len(names))
     return values[:, [list(names).index(p) for p in properties]]
+
+
+def _squared(residuals: np.ndarray) -> np.ndarray:
+    """Squared residuals, 0 where a sample has no reference value for a property (null in the
+    record): such a row drops out of that property's SSE for every method alike, so the ratio
+    of SSEs is the ratio of RMSEPs over the samples that have the reference."""
+    return np.nan_to_num(np.square(residuals), nan=0.0)
 
 
 @dataclass
@@ -133,8 +140,8 @@ def cell_bootstrap(
                 complete = False
                 continue
             if h not in fr_sse:
-                fr_sse[h] = w @ np.square(residual_columns(fr, properties))
-            sse = w @ np.square(residual_columns(rec, properties))
+                fr_sse[h] = w @ _squared(residual_columns(fr, properties))
+            sse = w @ _squared(residual_columns(rec, properties))
             boots.append(0.5 * (np.log(np.maximum(sse, 1e-300)) - np.log(np.maximum(fr_sse[h], 1e-300))))
             reps.append(column[int(rec["identity"]["rep"])])
         if not obs:

@@ -218,7 +218,7 @@ def _ok_problem(rec: dict[str, Any]) -> str | None:
     widths = set(map(len, values))
     if len(widths) != 1:
         return f"residuals.values has rows of different lengths ({', '.join(map(str, sorted(widths)))})"
-    if not set(map(type, chain.from_iterable(values))) <= {float, int}:
+    if not set(map(type, chain.from_iterable(values))) <= {float, int, type(None)}:  # null: no reference value
         return "residuals.values holds something other than numbers"
     if not isinstance(sample, list) or set(map(type, sample)) != {int} or min(sample) < 0:
         return "residuals.sample is not a list of sample indices (whole numbers >= 0)"
@@ -295,7 +295,7 @@ class Store:
             if path.parent not in self._made:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._made.add(path.parent)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+            fd, tmp = new_temp_file(path.parent, prefix=".tmp-", suffix=".json")
         except OSError as exc:
             raise StoreError(_write_message(path, exc)) from exc
         try:
@@ -357,6 +357,24 @@ class Store:
                 continue
             rec["_path"] = str(path)
             yield rec
+
+
+def new_temp_file(folder: Path | str, prefix: str = ".tmp-", suffix: str = "") -> tuple[int, str]:
+    """Create a new, uniquely named file in ``folder`` for writing and return ``(fd, path)``, like
+    :func:`tempfile.mkstemp` but with the permissions :func:`open` gives a new file (0666 less the
+    umask, typically 0644) instead of mkstemp's 0600: the file is renamed into place as a record,
+    so it must be readable like every other file of the store (tuned parameters, published
+    leaderboards, the report)."""
+    import secrets
+
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        name = os.path.join(folder, f"{prefix}{secrets.token_hex(8)}{suffix}")
+        try:
+            return os.open(name, flags, 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary file name", str(folder))
 
 
 def _read_problem(exc: BaseException) -> str:

@@ -36,6 +36,11 @@ class Task:
     """Every outer split of the task as (pool rows, test rows); ``pool_rows`` and ``test_rows``
     are those of split ``outer_index``."""
     outer_index: int = 0
+    native: "NativeAxes | None" = None
+    """Each instrument's own spectra and axis (card ``alignment: native``), row for row with
+    ``X_source`` / ``X_target``, for methods tagged ``native_axes``."""
+    dropped_unlabelled: int = 0
+    """Paired rows left out because they have no reference value for any of the task's properties."""
 
     @property
     def n_outer(self) -> int:
@@ -105,7 +110,28 @@ class Task:
             out.extend(by_group[str(g)])
         return np.asarray(out, dtype=int)
 
+    @cached_property
+    def missing_references(self) -> dict[str, int]:
+        """Property -> how many samples have no reference value for it (left out of that
+        property's training and metrics only); only properties with missing values."""
+        out = {}
+        for j, p in enumerate(self.properties):
+            missing = np.isnan(self.y[:, j])
+            if missing.any():
+                out[p] = int(len(np.unique(self.groups[missing])))
+        return out
+
     def summary(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.missing_references:
+            extra["missing_references"] = dict(self.missing_references)
+        if self.dropped_unlabelled:
+            extra["dropped_unlabelled_rows"] = int(self.dropped_unlabelled)
+        if self.native is not None:
+            extra["native_axes"] = {
+                inst: f"{a[0]:g}-{a[-1]:g} {self.axis_unit} ({a.size} points)"
+                for inst, a in ((self.card.source, self.native.axis_source), (self.card.target, self.native.axis_target))
+            }
         return {
             "name": self.name,
             "version": self.version,
@@ -122,7 +148,18 @@ class Task:
             "outer_splits": self.n_outer,
             "outer_index": self.outer_index,
             "synthetic": self.synthetic,
+            **extra,
         }
+
+
+@dataclass(frozen=True)
+class NativeAxes:
+    """Both instruments' spectra on their own axes (rows as in the task)."""
+
+    X_source: np.ndarray
+    axis_source: np.ndarray
+    X_target: np.ndarray
+    axis_target: np.ndarray
 
 
 def _pair_rows(src: Spectra, tgt: Spectra) -> tuple[np.ndarray, np.ndarray]:
@@ -150,7 +187,7 @@ def _aligned_axes(src: Spectra, tgt: Spectra, alignment: dict[str, Any], where: 
                 f"declare alignment mode 'overlap' or 'grid' in the card"
             )
         return None
-    if mode == "overlap":
+    if mode in ("overlap", "native"):
         lo = max(src.axis[0], tgt.axis[0])
         hi = min(src.axis[-1], tgt.axis[-1])
         if hi <= lo:
@@ -257,17 +294,21 @@ def _build(card: TaskCard, data_dir: str | None) -> Task:
         raise CardError(f"{card.path}: dataset {card.dataset!r} has no property {missing[0]!r}; it has {dataset.properties}")
     cols = [dataset.properties.index(p) for p in props]
     src_rows, tgt_rows = _pair_rows(src, tgt)
-    if src_rows.size < 4:
-        raise DataError(f"{card.path}: only {src_rows.size} samples are measured on both {card.source} and {card.target}")
-    new_axis = _aligned_axes(src, tgt, card.alignment, card.path)
-    s, t = src.take(src_rows), tgt.take(tgt_rows)
-    if new_axis is not None:
-        s, t = s.resample(new_axis), t.resample(new_axis)
     if src.y is None:
         raise DataError(f"{card.path}: dataset {card.dataset!r} has no reference values")
-    y = s.y[:, cols]
-    if t.y is not None and not np.allclose(t.y[:, cols], y, rtol=1e-6, atol=1e-6):
-        raise DataError(f"{card.path}: reference values differ between {card.source} and {card.target} for paired rows")
+    y, labelled = _paired_references(card, src, tgt, src_rows, tgt_rows, cols)
+    dropped = int((~labelled).sum())
+    src_rows, tgt_rows, y = src_rows[labelled], tgt_rows[labelled], y[labelled]
+    if src_rows.size < 4:
+        raise DataError(f"{card.path}: only {src_rows.size} samples are measured on both {card.source} and {card.target}"
+                        + (f" with a reference value ({dropped} paired rows have none)" if dropped else ""))
+    new_axis = _aligned_axes(src, tgt, card.alignment, card.path)
+    s, t = src.take(src_rows), tgt.take(tgt_rows)
+    native = None
+    if card.alignment["mode"] == "native":
+        native = NativeAxes(s.values, s.axis, t.values, t.axis)
+    if new_axis is not None:
+        s, t = s.resample(new_axis), t.resample(new_axis)
     groups = s.sample_ids
     outer = _outer_splits(card, groups, src, src_rows, dataset)
     for k, (pool_rows, test_rows) in enumerate(outer):
@@ -276,6 +317,7 @@ def _build(card: TaskCard, data_dir: str | None) -> Task:
             raise CardError(f"{where} leaves an empty test set or calibration pool")
         if set(groups[test_rows]) & set(groups[pool_rows]):
             raise DataError(f"{where}: a sample's replicates straddle calibration pool and test set")
+        _check_references_per_split(y, groups, pool_rows, test_rows, tuple(props), where)
     pool_rows, test_rows = outer[0]
     return Task(
         card=card,
@@ -291,4 +333,40 @@ def _build(card: TaskCard, data_dir: str | None) -> Task:
         data_sha256=dict(dataset.sha256),
         synthetic=bool(dataset.synthetic or card.synthetic),
         outer_splits=tuple(outer),
+        native=native,
+        dropped_unlabelled=dropped,
     )
+
+
+def _paired_references(card: TaskCard, src: Spectra, tgt: Spectra, src_rows: np.ndarray, tgt_rows: np.ndarray,
+                       cols: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(reference values of the paired rows, which rows have at least one).
+
+    NaN marks a missing value (user files); where one instrument's file lacks a value the
+    other's is used; where both have one they must agree."""
+    y = np.array(src.y[src_rows][:, cols], dtype=float)
+    if tgt.y is not None:
+        ty = np.asarray(tgt.y[tgt_rows][:, cols], dtype=float)
+        both = ~np.isnan(y) & ~np.isnan(ty)
+        if not np.allclose(ty[both], y[both], rtol=1e-6, atol=1e-6):
+            raise DataError(f"{card.path}: reference values differ between {card.source} and {card.target} for paired rows")
+        y = np.where(np.isnan(y), ty, y)
+    return y, ~np.isnan(y).all(axis=1)
+
+
+MIN_REFERENCED = 2
+"""Fewest samples with a reference value a property needs in every calibration pool and test set."""
+
+
+def _check_references_per_split(y: np.ndarray, groups: np.ndarray, pool_rows: np.ndarray, test_rows: np.ndarray,
+                                 props: tuple[str, ...], where: str) -> None:
+    """A property whose references are missing for (nearly) every sample of a test set or pool
+    cannot be scored or learnt there: one line naming it, before anything runs."""
+    if not np.isnan(y).any():
+        return
+    for part, rows in (("test set", test_rows), ("calibration pool", pool_rows)):
+        for j, p in enumerate(props):
+            n = len(np.unique(groups[rows][~np.isnan(y[rows, j])]))
+            if n < MIN_REFERENCED:
+                raise DataError(f"{where}: only {n} sample(s) of the {part} have a reference value for {p!r} "
+                                f"(at least {MIN_REFERENCED} needed); leave the property out or use fewer folds")

@@ -11,6 +11,12 @@ migrating one fresh SQLite file at once leave it half-migrated) and each record'
 create, complete), so two sweeps never log one record twice and a run seen ``RUNNING`` under the
 lock was left by a process that died. What each sweep logged is appended to a journal beside the
 lock, so a concurrent sweep learns of it without searching the whole experiment again.
+
+The MLflow UI (docs/tracking.md): every experiment ctbench creates gets the tags of
+:func:`experiment_tags` (``mlflow.experimentKind`` = ``custom_model_development``, a description in
+``mlflow.note.content`` and, for the record experiments, a saved runs-table view with the headline
+metric columns); opening the SQLite store ctbench manages (:func:`tidy_store`) adds those that are
+missing to ctbench's existing experiments and hides MLflow's empty ``Default`` experiment.
 """
 
 from __future__ import annotations
@@ -59,6 +65,137 @@ def artifact_location(results_dir: Path | str) -> str:
 
 def experiment_name(task: str) -> str:
     return f"ctbench/{task}"
+
+
+# --- how ctbench's experiments look in MLflow's UI ----------------------------------------------------
+
+KIND_TAG = "mlflow.experimentKind"
+KIND = "custom_model_development"
+"""The experiment kind of classic model training: MLflow 3 UIs that read this tag open such an
+experiment on its runs ("Training runs") instead of the GenAI overview and traces."""
+NOTE_TAG = "mlflow.note.content"
+"""The experiment's description (Markdown), shown on its page."""
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+VIEW_KEY = "ctbench"
+"""``mlflow.sharedViewState.ctbench``: a saved view of the runs table (MLflow's own format: an
+envelope with the view's state as JSON text) with the headline metric columns; the UI lists it
+among the experiment's views and opens it from ``...?viewStateShareKey=ctbench``."""
+VIEW_NAME = "ctbench: headline metrics"
+VIEW_CREATED_MS = 1767225600000
+"""2026-01-01T00:00Z: a fixed date, so the view ctbench writes is the same text every time."""
+VIEW_COLUMNS = ("params.`method`", "params.`n_shots`", "params.`rep`", "metrics.`rel_rmsep`", "metrics.`rmsep`",
+                "metrics.`r2`", "tags.`ctbench.status`")
+TUNE_PREFIX = "ctbench-tune/"
+PRETRAIN_EXPERIMENTS = ("spektron-pretrain",)
+
+RECORD_NOTE = """ctbench records of task {task}: one run per record (method, N transfer standards, \
+repetition), named `<method>-N<shots>-rep<rep>`. The record files (`<results>/runs/`) are the \
+results; this is a copy for browsing.
+
+Headline metrics (runs table: *Columns* → *Metrics*, or the saved view *{view}*):
+
+- `rel_rmsep`: RMSEP / RMSEP of full_recalibration on the same outer test split, geometric mean \
+over the properties (1 = as good as recalibrating on the target; lower is better). Set once a \
+full_recalibration record of that split is in the store.
+- `rmsep`, `sep`, `bias`, `r2`, `rpd`: the mean over the properties (raw units: properties on \
+different scales); `<property>.rmsep`, ... per property; `time.fit_s`, `time.transfer_s`, \
+`time.predict_s`: seconds.
+
+Params: `method`, `n_shots`, `rep`, `seed`, `param.<name>`. Tags: `ctbench.status`, \
+`ctbench.record_key` (the record file's name). Leaderboard with intervals and tie groups: \
+`ctbench leaderboard`; figures and significance tests: `ctbench report`."""
+
+TUNE_NOTE = """ctbench tuning of task {task} (`ctbench tune`): one parent run per invocation \
+(`tune-<method>-N<shots>`) with `best_val_<metric>`, trial counts and the best parameters \
+`best.<name>`; one nested run per trial (`trial-<k>`) with `val_<metric>` (the validation \
+metric, mean over the validation splits of the outer split's calibration pool), its per-split \
+values and `duration_s`. The Optuna study (`<results>/optuna.db`) is the truth."""
+
+PRETRAIN_NOTE = """Pretraining runs (`ctbench pretrain`): one run per pretraining, metrics per logged \
+step: `total` (the training loss) and its parts, `grad_norm`, `lr`, `spectra_per_s`, \
+`elapsed_s`. The run folder (`--out`) holds the checkpoints, weights and manifest."""
+
+
+def saved_view() -> str:
+    """The saved runs-table view (MLflow's envelope: name, dates, the state as JSON text)."""
+    import json
+
+    state = {"selectedColumns": list(VIEW_COLUMNS), "columnOrder": [], "columnWidths": {}}
+    return json.dumps({"name": VIEW_NAME, "createdAt": VIEW_CREATED_MS, "updatedAt": VIEW_CREATED_MS,
+                       "state": json.dumps(state, separators=(",", ":"))}, separators=(",", ":"))
+
+
+def experiment_tags(name: str) -> dict[str, str]:
+    """The tags ctbench gives experiment ``name`` in MLflow: the experiment kind of model training
+    (so MLflow's UI opens it on its runs, not on the GenAI overview) and, for ctbench's own
+    experiments, a description and (record experiments) the saved headline-metrics view."""
+    tags = {KIND_TAG: KIND}
+    if name.startswith("ctbench/"):
+        tags[NOTE_TAG] = RECORD_NOTE.format(task=name.removeprefix("ctbench/"), view=VIEW_NAME)
+        tags[VIEW_TAG_PREFIX + VIEW_KEY] = saved_view()
+    elif name.startswith(TUNE_PREFIX):
+        tags[NOTE_TAG] = TUNE_NOTE.format(task=name.removeprefix(TUNE_PREFIX))
+    elif name in PRETRAIN_EXPERIMENTS:
+        tags[NOTE_TAG] = PRETRAIN_NOTE
+    return tags
+
+
+def is_ctbench_experiment(name: str) -> bool:
+    return name.startswith(("ctbench/", TUNE_PREFIX)) or name in PRETRAIN_EXPERIMENTS
+
+
+def tidy_store(path: Path) -> None:
+    """Bring the SQLite store ctbench manages in line with what ctbench sets (call it holding the
+    lock): ctbench's active experiments get the tags of :func:`experiment_tags` they lack (tags
+    already there are kept: a description edited in the UI stays), and MLflow's ``Default``
+    experiment (id 0), which MLflow creates in every store and ctbench never uses, is marked
+    deleted as ``MlflowClient.delete_experiment`` does (lifecycle stage ``deleted``, last update
+    time now) when nothing refers to it: no run, trace, logged model, dataset or other row of any
+    table. ``mlflow experiments restore --experiment-id 0`` brings it back. Best effort: a store
+    this cannot read is left as it is."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{quote(str(path))}?mode=rw", uri=True, timeout=SQLITE_BUSY_S,
+                              isolation_level=None)
+    except sqlite3.Error:
+        return
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            rows = con.execute("SELECT experiment_id, name FROM experiments WHERE lifecycle_stage = 'active'").fetchall()
+            have: dict[int, set[str]] = {}
+            for exp_id, key in con.execute("SELECT experiment_id, key FROM experiment_tags"):
+                have.setdefault(exp_id, set()).add(key)
+            missing = [(k, v, exp_id) for exp_id, name in rows if is_ctbench_experiment(str(name))
+                       for k, v in experiment_tags(str(name)).items() if k not in have.get(exp_id, set())]
+            if missing:
+                con.executemany('INSERT INTO experiment_tags ("key", value, experiment_id) VALUES (?, ?, ?)', missing)
+            _hide_default(con, [(i, n) for i, n in rows])
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+    except sqlite3.Error:
+        pass
+    finally:
+        con.close()
+
+
+def _hide_default(con, active: list[tuple[int, str]]) -> None:
+    """Mark the Default experiment deleted when it is active and nothing refers to it."""
+    if (0, "Default") not in [(int(i), str(n)) for i, n in active]:
+        return
+    tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    for table in tables:
+        if table in ("experiments", "experiment_tags") or table.startswith(("sqlite_", "_alembic")):
+            continue
+        cols = {r[1] for r in con.execute(f'PRAGMA table_info("{table}")')}
+        if "experiment_id" in cols and con.execute(
+                f'SELECT 1 FROM "{table}" WHERE experiment_id IN (0, \'0\') LIMIT 1').fetchone():
+            return
+    con.execute("UPDATE experiments SET lifecycle_stage = 'deleted', last_update_time = ? "
+                "WHERE experiment_id = 0 AND lifecycle_stage = 'active'", (int(time.time() * 1000),))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -230,8 +367,10 @@ def open_client(results_dir: Path | str, lazy: bool = False):
         if why is None:
             fresh = _fresh(path)
             if fresh and from_template(path, results_dir):
+                tidy_store(path)
                 return (None, None) if lazy else (_connect(uri), None)
             if lazy and schema_current(path):
+                tidy_store(path)
                 return None, None
             try:
                 client = _connect(uri)
@@ -241,19 +380,22 @@ def open_client(results_dir: Path | str, lazy: bool = False):
                     raise TrackingUnavailable(f"the MLflow database {path} is not usable ({_first_line(exc)})") from None
             else:
                 if fresh:
-                    save_template(path)
+                    save_template(path)  # the template stays as MLflow made it
+                tidy_store(path)
                 return client, None
         _forget_engine(uri)
         moved = _move_aside(path)
         note = (f"the MLflow database {path} was {why}; moved it to {moved.name} and started a fresh one, "
                 f"filled from the records (the old file keeps any tuning runs)")
         if from_template(path, results_dir):
+            tidy_store(path)
             return (None, note) if lazy else (_connect(uri), note)
         try:
             client = _connect(uri)
         except Exception as exc:  # noqa: BLE001
             raise TrackingUnavailable(f"cannot create a fresh MLflow database {path} ({_first_line(exc)})") from None
         save_template(path)
+        tidy_store(path)
     return client, note
 
 
@@ -368,15 +510,36 @@ def experiment_id(client, results_dir: Path | str, name: str) -> str:
     lookup and the creation, the creation fails and the experiment it made is used."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        _add_missing_tags(client, exp, name)
         return exp.experiment_id
     loc = artifact_location(results_dir) if tracking_uri(results_dir).startswith("sqlite") else None
     try:
-        return client.create_experiment(name, artifact_location=loc)
+        exp_id = client.create_experiment(name, artifact_location=loc)
     except Exception:
         exp = client.get_experiment_by_name(name)
         if exp is None:  # not a lost race: the creation itself failed
             raise
+        _add_missing_tags(client, exp, name)  # (the winner may have died before tagging it)
         return exp.experiment_id
+    _add_missing_tags(client, None, name, exp_id)
+    return exp_id
+
+
+def _add_missing_tags(client, exp, name: str, exp_id: str | None = None) -> None:
+    """Give experiment ``name`` (``exp`` as the client returned it, or None for one just created
+    as ``exp_id``) the tags of :func:`experiment_tags` it lacks; tags already there are kept, a
+    deleted experiment is left alone. Best effort: a server that refuses changes nothing else."""
+    if exp is not None:
+        if getattr(exp, "lifecycle_stage", "active") != "active":
+            return
+        exp_id = exp.experiment_id
+    have = (getattr(exp, "tags", None) or {}) if exp is not None else {}
+    for key, value in experiment_tags(name).items():
+        if key not in have:
+            try:
+                client.set_experiment_tag(exp_id, key, value)
+            except Exception:  # noqa: BLE001 - a description is never worth a run
+                return
 
 
 def _connect(uri: str):

@@ -35,7 +35,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ctbench.runner import MethodSpec, PlanError, _check_predictions, _readonly, check_shots, resolved_params, standards_for
+from ctbench.runner import (
+    MethodSpec,
+    PlanError,
+    _check_predictions,
+    check_shots,
+    resolved_params,
+    standards_for,
+    target_spectra,
+)
 from ctbench.splits import stable_seed, validation_splits
 from ctbench.timeouts import MethodTimeout, defer_timeouts, time_limit
 
@@ -150,18 +158,9 @@ class TuneConfig:
 def validation_source(task: Any, cls: Any, rows: np.ndarray) -> Any:
     """What ``fit`` sees in a validation split: the inner pool's source spectra (target spectra
     for methods calibrated on the target, i.e. full recalibration) and values."""
-    from ctbench.method import SourceData
+    from ctbench.runner import source_for
 
-    X = task.X_target[rows] if cls.tags.uses_target_calibration else task.X_source[rows]
-    return SourceData(
-        X=_readonly(X),
-        y=_readonly(task.y[rows]),
-        axis=_readonly(task.axis),
-        axis_unit=task.axis_unit,
-        properties=task.properties,
-        instrument=task.card.target if cls.tags.uses_target_calibration else task.card.source,
-        groups=np.array(task.groups[rows]),
-    )
+    return source_for(task, cls, rows)
 
 
 def _jsonable(value: Any) -> Any:
@@ -239,8 +238,13 @@ class ValidationObjective:
         return params
 
     def _new_method(self, params: dict[str, Any]) -> Any:
+        """A new method, fitted per group of properties where its tag or missing references ask
+        (as in the runner's workers)."""
+        from ctbench.property_groups import wrap
+
         full = resolved_params(self.cls, MethodSpec(self.method, params))
-        return self.cls(**copy.deepcopy(full), **({"random_state": self.random_state} if self.has_rs else {}))
+        extra = {"random_state": self.random_state} if self.has_rs else {}
+        return wrap(self.cls, lambda: {**copy.deepcopy(full), **extra}, self.method, self.task.y[self.task.pool_rows])
 
     def _fitted(self, params: dict[str, Any], split: Any, report: Callable | None) -> Any:
         key = (json.dumps(params, sort_keys=True, default=str), split.index)
@@ -267,10 +271,11 @@ class ValidationObjective:
         for split in self.splits:
             m = copy.deepcopy(self._fitted(params, split, report))
             m._report_callback = _offset(report, split.index * STEP_STRIDE + STEP_STRIDE // 2)
-            unlabelled = _readonly(task.X_target[split.heldout_rows]) if self.cls.tags.transductive else None
-            if m.transfer(standards_for(task, split.standard_rows), unlabelled) is None:
+            X_heldout = target_spectra(task, self.cls, split.heldout_rows)
+            unlabelled = X_heldout if self.cls.tags.transductive else None
+            if m.transfer(standards_for(task, split.standard_rows, self.cls), unlabelled) is None:
                 raise TypeError(f"method {self.method!r}: transfer() must return self")
-            pred = m.predict(_readonly(task.X_target[split.heldout_rows]))
+            pred = m.predict(X_heldout)
             pred = _check_predictions(pred, split.heldout_rows.size, len(task.properties), self.method)
             values.append(float(evaluate(task.y[split.heldout_rows], pred, task.properties)["mean"][self.metric]))
         return float(np.mean(values)), values
@@ -1084,7 +1089,8 @@ def tune(
     """Tune ``cfg.method`` on outer split ``cfg.outer`` of ``cfg.task`` at N = ``cfg.n_shots``
     until the study holds ``cfg.trials`` trials (resuming an existing study), with ``jobs``
     worker processes; save the best parameters (for that outer split's repetitions). ``say``
-    prints a line, ``progress`` is an optional rich Progress (one per call)."""
+    prints a line, ``progress`` is an optional :class:`ctbench.progress.Progress` (one per call:
+    a bar on a terminal, plain lines otherwise), started here only when there are trials to run."""
     import uuid
 
     say = say or (lambda msg: None)
@@ -1117,16 +1123,22 @@ def tune(
     tracker = TuneTracker(cfg.results_dir, warn=warn, enabled=mlflow and todo > 0)
     tracker.start(cfg, protocol, jobs)
     bar = None
+    failed_before = 0
     if progress is not None and todo:
-        progress.start()
-        bar = progress.add_task("", total=cfg.trials, completed=existing)
+        from optuna.trial import TrialState
+
+        failed_before = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+        bar = progress.start(total=cfg.trials, completed=existing)
 
     def refresh() -> None:
         if bar is None:
             return
         from optuna.trial import TrialState
 
-        done = study.get_trials(deepcopy=False, states=_counted_states())
+        every = study.get_trials(deepcopy=False)
+        counted = _counted_states()
+        done = [t for t in every if t.state in counted]
+        n_failed = sum(1 for t in every if t.state == TrialState.FAIL)
         complete = [t for t in done if t.state == TrialState.COMPLETE]
         desc = ""
         if complete:
@@ -1136,7 +1148,7 @@ def tune(
         n_pruned = len(done) - len(complete)
         if n_pruned:
             desc += f" · {n_pruned} pruned"
-        progress.update(bar, completed=min(len(done), cfg.trials), description=desc)
+        progress.update(min(len(done), cfg.trials), failed=max(0, n_failed - failed_before), info=desc)
 
     results: list[WorkerResult] = []
     status = "FINISHED"

@@ -67,50 +67,9 @@ class Package:
     """Send back the fit-cache entries this package's ``fit`` created (built-in methods only)."""
 
 
-def _one_property(data: Any, j: int) -> Any:
-    """``data`` (SourceData or Standards) restricted to property ``j``."""
-    from dataclasses import replace
-
-    return replace(data, y=np.asarray(data.y)[:, [j]], properties=(data.properties[j],))
-
-
-class PerProperty:
-    """A method tagged ``multi_target=False`` run one property at a time (one fitted copy per
-    property, predictions side by side), as its tag asks."""
-
-    def __init__(self, make: Any, name: str):
-        self.make, self.name, self.models = make, name, []
-
-    def fit(self, source: Any) -> "PerProperty":
-        self.properties = tuple(source.properties)
-        for j in range(len(self.properties)):
-            m = self.make().fit(_fresh(_one_property(source, j)))
-            if m is None:
-                raise TypeError(f"method {self.name!r}: fit() must return self")
-            self.models.append(m)
-        return self
-
-    def transfer(self, standards: Any, unlabelled: Any = None) -> "PerProperty":
-        for j, m in enumerate(self.models):
-            if m.transfer(_fresh(_one_property(standards, j)), unlabelled) is None:
-                raise TypeError(f"method {self.name!r}: transfer() must return self")
-        return self
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return np.hstack([np.asarray(m.predict(X), dtype=float).reshape(len(X), -1) for m in self.models])
-
-    def __getattr__(self, attr: str) -> Any:
-        if attr in ("predict_interval", "chosen_params", "record_extras") and self.__dict__.get("models"):
-            if not all(callable(getattr(m, attr, None)) for m in self.models):
-                raise AttributeError(attr)
-            if attr == "predict_interval":
-                def interval(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-                    parts = [m.predict_interval(X) for m in self.models]
-                    return (np.hstack([np.asarray(lo, float).reshape(len(X), -1) for lo, _ in parts]),
-                            np.hstack([np.asarray(hi, float).reshape(len(X), -1) for _, hi in parts]))
-                return interval
-            return lambda: {p: getattr(m, attr)() for p, m in zip(self.properties, self.models)}
-        raise AttributeError(attr)
+def _2d(y: Any) -> np.ndarray:
+    y = np.asarray(y, dtype=float)
+    return y[:, None] if y.ndim == 1 else y
 
 
 def standards_of(pkg: Package, item: Item) -> Any:
@@ -249,10 +208,10 @@ def serve(conn: Any) -> None:
         if pkg.random_state is not None:
             kwargs["random_state"] = pkg.random_state
         source = pkg.source
-        if not getattr(cls.tags, "multi_target", True) and np.ndim(source.y) == 2 and source.y.shape[1] > 1:
-            method: Any = PerProperty(lambda: cls(**copy.deepcopy(kwargs)), pkg.name)
-        else:
-            method = cls(**kwargs)
+        # one copy per property (multi_target=False) or per pattern of missing references
+        from ctbench.property_groups import wrap
+
+        method = wrap(cls, lambda: copy.deepcopy(kwargs), pkg.name, np.vstack([_2d(source.y), _2d(pkg.bank.y)]), _fresh)
         t0 = time.perf_counter()
         fitted = method.fit(_fresh(source))
         fit_s = time.perf_counter() - t0

@@ -153,7 +153,7 @@ def test_oversized_or_deeply_nested_or_binary_card(tmp_path):
     ("{mode: grid, start: 0, stop: 1}", "alignment mode 'grid' needs start, stop and step"),
     ("{mode: overlap, step: 1.0e-12}", "the common axis"),
     ("{mode: overlap, start: 1}", "alignment.start and alignment.stop apply to mode 'grid' only"),
-    ("{mode: none, step: 2}", "alignment.step applies to modes 'overlap' and 'grid' only"),
+    ("{mode: none, step: 2}", "alignment.step applies to modes 'overlap', 'native' and 'grid' only"),
 ])
 def test_bad_alignment_is_one_line(tmp_path, alignment, message):
     path = card(tmp_path, good("grid", f"alignment: {alignment}\n"))

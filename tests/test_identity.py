@@ -90,5 +90,5 @@ def test_records_of_different_code_are_never_pooled(tmp_path):
     rows = build_leaderboard(recs)
     labels = {r["method"] for r in rows if r["method"].startswith("sbc")}
     assert len(labels) == 2 and any("<code 01234567>" in lab for lab in labels), labels
-    out = CliRunner().invoke(app, ["leaderboard", "--results-dir", str(res), "-f", "md"])
+    out = CliRunner().invoke(app, ["leaderboard", "--include-synthetic", "--results-dir", str(res), "-f", "md"])
     assert out.exit_code == 0 and "different code versions" in out.output

@@ -124,7 +124,7 @@ def check_figures(out: Path, text: str) -> list[str]:
 
 def test_report_end_to_end(store, tmp_path):
     out = tmp_path / "rep"
-    res = invoke("report", "--results-dir", str(store), "--out", str(out))
+    res = invoke("report", "--include-synthetic", "--results-dir", str(store), "--out", str(out))
     assert res.exit_code == 0, res.output
     html = (out / "index.html").read_text()
     md = (out / "summary.md").read_text()
@@ -159,7 +159,7 @@ def test_report_significance_per_shot_count(bench_store, tmp_path):
     """One Friedman / Nemenyi analysis per N over the task blocks; a method missing from one block
     is listed with that block and the others are still ranked; reference methods never are."""
     out = tmp_path / "rep"
-    res = invoke("report", "--results-dir", str(bench_store), "--out", str(out), "--no-spectra")
+    res = invoke("report", "--include-synthetic", "--results-dir", str(bench_store), "--out", str(out), "--no-spectra")
     assert res.exit_code == 0, res.output
     md = (out / "summary.md").read_text()
     html = (out / "index.html").read_text()
@@ -185,7 +185,7 @@ def test_report_significance_per_shot_count(bench_store, tmp_path):
     assert re.search(r"\| 10 \| 1=? \| alpha \| 0\.\d\d \[", md)
 
     out2 = tmp_path / "rep_ds"
-    res = invoke("report", "--results-dir", str(bench_store), "--out", str(out2), "--no-spectra",
+    res = invoke("report", "--include-synthetic", "--results-dir", str(bench_store), "--out", str(out2), "--no-spectra",
                  "--blocks", "datasets")
     assert res.exit_code == 0, res.output
     md2 = (out2 / "summary.md").read_text()
@@ -216,7 +216,7 @@ def test_spectra_failures_and_missing_reference(store, tmp_path, extra_methods):
         if r["identity"]["method"] == "full_recalibration":
             Path(r["_path"]).unlink()
     out = tmp_path / "rep"
-    res = invoke("report", "--results-dir", str(results), "--out", str(out), "--shots-for-heatmap", "7")
+    res = invoke("report", "--include-synthetic", "--results-dir", str(results), "--out", str(out), "--shots-for-heatmap", "7")
     assert res.exit_code == 0, res.output
     md = (out / "summary.md").read_text()
     html = (out / "index.html").read_text()
@@ -238,7 +238,7 @@ def test_one_method_one_task(store, tmp_path):
                  "--results-dir", str(results), "--no-mlflow")
     assert res.exit_code == 0, res.output
     out = tmp_path / "rep"
-    res = invoke("report", "--results-dir", str(results), "--out", str(out), "--no-spectra")
+    res = invoke("report", "--include-synthetic", "--results-dir", str(results), "--out", str(out), "--no-spectra")
     assert res.exit_code == 0, res.output
     md = (out / "summary.md").read_text()
     assert "no non-reference method has a row" in md
@@ -254,7 +254,7 @@ def test_all_records_failed(store, tmp_path):
         r.update(status="failed", metrics=None, error={"phase": "fit", "type": "ValueError", "message": "bad"})
         st.write(r)
     out = tmp_path / "rep"
-    res = invoke("report", "--results-dir", str(results), "--out", str(out))
+    res = invoke("report", "--include-synthetic", "--results-dir", str(results), "--out", str(out))
     assert res.exit_code == 0, res.output
     md = (out / "summary.md").read_text()
     assert "every record of this task failed" in md
@@ -494,7 +494,7 @@ def test_page_renders_in_headless_chromium(store, tmp_path):
     if exe is None:
         pytest.skip("no chromium installed")
     out = tmp_path / "rep"
-    assert invoke("report", "--results-dir", str(store), "--out", str(out)).exit_code == 0
+    assert invoke("report", "--include-synthetic", "--results-dir", str(store), "--out", str(out)).exit_code == 0
     shot = tmp_path / "page.png"
     subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                     "--disable-component-update", "--no-first-run", f"--screenshot={shot}", "--window-size=1400,3000",
@@ -504,4 +504,5 @@ def test_page_renders_in_headless_chromium(store, tmp_path):
     dom = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--dump-dom",
                           (out / "index.html").resolve().as_uri()], check=True, timeout=120, capture_output=True,
                          text=True).stdout
-    assert "ctbench report" in dom and dom.count("<img") >= 3
+    figures = len(list((out / "figures").glob("*.png")))  # this store: the curves and the heatmap
+    assert "ctbench report" in dom and figures >= 2 and dom.count("<img") == figures

@@ -101,9 +101,9 @@ def test_demo_run_and_leaderboard(tmp_path):
         by.setdefault((r["n_shots"], r["rep"]), set()).add(r["split"]["hash"])
     assert all(len(v) == 1 for v in by.values())
     for fmt in ("md", "csv", "json", "table"):
-        out = invoke("leaderboard", "--results-dir", str(tmp_path), "-f", fmt)
+        out = invoke("leaderboard", "--include-synthetic", "--results-dir", str(tmp_path), "-f", fmt)
         assert out.exit_code == 0 and "full_recalibration" in out.output
-    rows = json.loads(invoke("leaderboard", "--results-dir", str(tmp_path), "-f", "json").output)
+    rows = json.loads(invoke("leaderboard", "--include-synthetic", "--results-dir", str(tmp_path), "-f", "json").output)
     fr = [x for x in rows if x["method"] == "full_recalibration"]
     assert all(x["mean"] == pytest.approx(1.0) and x["rel_lo"] == pytest.approx(1.0) for x in fr)
     # relative RMSEP by hand: per property RMSEP / full recalibration's on the same outer split,
@@ -115,7 +115,7 @@ def test_demo_run_and_leaderboard(tmp_path):
                     for r in recs if r["method"]["name"] == "target_only" and r["n_shots"] == x["n_shots"]]
             assert x["mean"] == pytest.approx(np.exp(np.mean(logs)))
             assert x["lo"] < x["mean"] < x["hi"] and x["group"] is None and x["reference"]
-    per = json.loads(invoke("leaderboard", "--results-dir", str(tmp_path), "-f", "json", "--per-property").output)
+    per = json.loads(invoke("leaderboard", "--include-synthetic", "--results-dir", str(tmp_path), "-f", "json", "--per-property").output)
     assert {x["property"] for x in per} == {"mean", "analyte_a", "analyte_b"}
     # gap closed is per property only (1 for full recalibration, 0 for no transfer)
     for x in per:
@@ -210,7 +210,7 @@ def test_corrupt_record_is_skipped_with_warning(tmp_path):
            "--results-dir", str(tmp_path), "--no-mlflow")
     bad = next((tmp_path / "runs").rglob("*.json"))
     bad.write_text("{not json")
-    res = runner.invoke(app, ["leaderboard", "--results-dir", str(tmp_path), "-f", "md"])
+    res = runner.invoke(app, ["leaderboard", "--include-synthetic", "--results-dir", str(tmp_path), "-f", "md"])
     assert res.exit_code == 0
     assert "skipping corrupt record" in res.output and "no_transfer" in res.output
 
@@ -222,9 +222,9 @@ def test_leaderboard_refuses_mixed_versions(tmp_path):
     rec = json.loads(path.read_text())
     rec["identity"]["task_version"] = "0"
     (path.parent / "other.json").write_text(json.dumps(rec))
-    res = runner.invoke(app, ["leaderboard", "--results-dir", str(tmp_path)])
+    res = runner.invoke(app, ["leaderboard", "--include-synthetic", "--results-dir", str(tmp_path)])
     assert res.exit_code == 2 and "refusing to mix" in res.output
-    res = runner.invoke(app, ["leaderboard", "--results-dir", str(tmp_path), "--task-version", "2", "-f", "md"])
+    res = runner.invoke(app, ["leaderboard", "--include-synthetic", "--results-dir", str(tmp_path), "--task-version", "2", "-f", "md"])
     assert res.exit_code == 0
 
 

@@ -535,7 +535,7 @@ def test_tune_all_outer_splits_then_run_uses_each_splits_params(tmp_path):
         else:
             assert r["method"]["params_source"] == "default" and r["method"]["user_params"] == {}
             assert r["identity"]["params"] == defaults
-    res = invoke("leaderboard", "--results-dir", str(tmp_path), "-f", "md")
+    res = invoke("leaderboard", "--include-synthetic", "--results-dir", str(tmp_path), "-f", "md")
     rows = [line for line in res.output.splitlines() if "(tuned)" in line]
     assert len(rows) == 1 and f"| {2 * (K - 1)} |" in rows[0]  # the tuned splits' records form one row
 

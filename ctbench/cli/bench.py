@@ -66,11 +66,11 @@ def sweep(
         from ctbench.cli.run import start_mlflow
 
         sink = start_mlflow(plan, results_dir, console)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from ctbench.progress import Progress
 
     t1 = time.perf_counter()
-    with Progress(TextColumn("[bold]sweep[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
-        bar = progress.add_task("", total=plan.n_todo)
+    # a rich bar on a terminal; plain lines every CTBENCH_PROGRESS_SECONDS otherwise
+    with Progress("sweep", plan.n_todo, "records", console=console, enabled=plan.n_todo > 0) as progress:
 
         def on_record(status: str, path: str) -> None:
             counts[status] = counts.get(status, 0) + 1
@@ -78,7 +78,7 @@ def sweep(
                 import json
 
                 sink.submit(json.loads(Path(path).read_text()), path)
-            progress.advance(bar)
+            progress.advance(failed=counts.get("failed", 0))
 
         execute(plan, jobs, on_record)
     t_compute = time.perf_counter() - t1
@@ -271,7 +271,7 @@ def transfer(
     from ctbench.cards import load_card
     from ctbench.cli.common import parse_params
     from ctbench.plugins import get_method
-    from ctbench.runner import MethodSpec, _one_thread, resolved_params, source_for, standards_for
+    from ctbench.runner import MethodSpec, _one_thread, resolved_params, source_for, standards_for, target_spectra
     from ctbench.splits import make_split
     from ctbench.tasks import build_task
 
@@ -283,13 +283,13 @@ def transfer(
         t0 = time.perf_counter()
         fitted = cls(**params).fit(source_for(t, cls))
         fit_s = time.perf_counter() - t0
-        X_test = t.X_target[t.test_rows]
+        X_test = target_spectra(t, cls, t.test_rows)
         unl = X_test if cls.tags.transductive else None
         tr, pr = [], []
         for _ in range(repeat):
             m = copy.deepcopy(fitted)
             t0 = time.perf_counter()
-            m.transfer(standards_for(t, split.standard_rows), unl)
+            m.transfer(standards_for(t, split.standard_rows, cls), unl)
             tr.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             m.predict(X_test)

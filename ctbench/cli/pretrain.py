@@ -51,7 +51,7 @@ def pretrain(
     batch_size: int = typer.Option(32, "--batch-size", help="Spectra per step per process."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, loss log, final weights and manifest."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset mirror folder (default: $CTBENCH_DATA or the shared mirror)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset mirror folder (else $CTBENCH_DATA, then the user cache, then a download where the file has an address)."),
     results_dir: Optional[Path] = typer.Option(None, "--results-dir", help="Results folder holding the MLflow store (default: results)."),
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not log to MLflow."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data stream, masks and initialisation."),

@@ -88,19 +88,17 @@ def run(
         console.print(f"[yellow]skipped:[/] {why}")
     console.print(
         f"{plan.n_total} runs in the grid: {plan.n_done} already in {results_dir}, {plan.n_todo} to do"
-        + (f" in {jobs} processes" if jobs > 1 and plan.n_todo else "")
+        + (f" in {jobs} processes" if jobs > 1 and plan.n_todo else ""), soft_wrap=True,
     )
     sink = start_mlflow(plan, results_dir, console) if not no_mlflow and plan.n_total else None
     statuses: dict[str, int] = {"ok": 0, "failed": 0}
     failures: list[str] = []
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from ctbench.progress import Progress
 
-    with Progress(
-        TextColumn("[bold]running[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        TextColumn("{task.description}"), console=console, transient=False, disable=plan.n_todo == 0,
-    ) as progress:
-        bar = progress.add_task("", total=plan.n_todo)
+    # a rich bar on a terminal; plain lines every CTBENCH_PROGRESS_SECONDS otherwise
+    with Progress("run", plan.n_todo, "records", bar_label="running", console=console,
+                  enabled=plan.n_todo > 0) as progress:
 
         def on_record(status: str, path: str) -> None:
             import json
@@ -113,7 +111,8 @@ def run(
                 failures.append(f"{ident['method']} on {ident['task']} N={ident['n_shots']} rep={ident['rep']}: {err.get('type')}: {err.get('message', '').splitlines()[0] if err.get('message') else ''}")
             if sink is not None:
                 sink.submit(rec, path)
-            progress.update(bar, advance=1, description=f"{ident['method']} · {ident['task']} · N={ident['n_shots']}")
+            progress.advance(failed=statuses.get("failed", 0),
+                             description=f"{ident['method']} · {ident['task']} · N={ident['n_shots']}")
 
         from ctbench.store import StoreError
 
@@ -151,7 +150,7 @@ def run(
     elapsed = time.perf_counter() - t_start
     console.print(
         f"done in {elapsed:.1f} s: {statuses.get('ok', 0)} ok, {statuses.get('failed', 0)} failed, "
-        f"{plan.n_done} skipped (already done); records in {results_dir / 'runs'}"
+        f"{plan.n_done} skipped (already done); records in {results_dir / 'runs'}", soft_wrap=True,
     )
     if failures:
         for f in failures[:10]:

@@ -71,7 +71,7 @@ def tune(
         from ctbench.store import Store
 
         Store(results_dir).check_writable()  # the study's storage and tuned files live there
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from ctbench.progress import Progress
 
         try:
             n_outer = n_outer_splits(task, data) if which is None else None
@@ -83,10 +83,9 @@ def tune(
                     trial_timeout=trial_timeout, pruner=pruner, outer=k,
                 )
                 label = "tuning" if len(splits) == 1 else f"tuning outer split {k}"
-                progress = Progress(
-                    TextColumn(f"[bold]{label}[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), TextColumn("{task.description}"), console=console, transient=False,
-                )
+                # a rich bar on a terminal; plain lines every CTBENCH_PROGRESS_SECONDS otherwise
+                progress = Progress("tune" if len(splits) == 1 else f"tune outer split {k}", unit="trials",
+                                    bar_label=label, console=console)
                 outcome = run_tune(
                     cfg, jobs=jobs, mlflow=not no_mlflow, say=say,
                     warn=lambda msg: console.print(f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True),

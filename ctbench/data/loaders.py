@@ -13,6 +13,7 @@ import json
 import os
 import threading
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -519,81 +520,525 @@ def _finish_generic(
 
 
 CSV_OPTIONS = (
-    "files", "properties", "axis_unit", "id_column", "spectral_columns", "sep", "base_dir", "name", "description"
+    "files", "references", "references_id_column", "properties", "axis_unit", "id_column", "spectral_columns",
+    "sep", "decimal", "base_dir", "name", "description",
 )
+
+CSV_SEPARATORS = {",": "comma", ";": "semicolon", "\t": "tab", "whitespace": "whitespace"}
+"""The column separators the csv loader reads (detected in this order of preference: tab,
+semicolon, comma, then runs of whitespace), by their names in messages."""
+_SEP_ALIASES = {
+    "auto": "auto", ",": ",", "comma": ",", ";": ";", "semicolon": ";", "\t": "\t", "\\t": "\t", "tab": "\t",
+    " ": "whitespace", "\\s+": "whitespace", "space": "whitespace", "whitespace": "whitespace",
+}
+_SNIFF_LINES = 20
+"""Data lines (after the header) the separator and the decimal mark are judged on."""
+_SNIFF_BYTES = 16 * 1024 * 1024
+"""At most this much of a file's start is read to judge them (wide spectra make long lines)."""
+_UNIT_HEADER = None  # compiled lazily: a header like '1100 nm' (not read as an axis position)
+
+
+@dataclass(frozen=True)
+class CsvLayout:
+    """How a user's CSV file is laid out: separator, decimal mark, encoding and column names.
+
+    ``names`` are the header's names, stripped; a blank header becomes ``Unnamed: i`` (as pandas
+    names it), and a header one field shorter than the data rows gets a blank-headed first column
+    (R's ``write.table`` writes row names that way)."""
+
+    path: Path
+    sep: str
+    """',', ';', '\\t' or 'whitespace'."""
+    decimal: str
+    encoding: str
+    names: tuple[str, ...]
+    blank: tuple[bool, ...]
+    """Which columns had a blank header."""
+    skip: int
+    """Lines of the file before the first data line."""
+    detected: bool
+    """Whether the separator was detected (``sep: auto``) rather than given."""
+
+    @property
+    def sep_name(self) -> str:
+        return CSV_SEPARATORS[self.sep]
+
+    @property
+    def first_blank(self) -> str | None:
+        """Name of the first column when its header is blank, else None."""
+        return self.names[0] if self.blank and self.blank[0] else None
+
+
+def _csv_choice(value: Any, key: str, allowed: Mapping[str, str], shown: str) -> str:
+    if isinstance(value, str) and value in allowed:
+        return allowed[value]
+    if isinstance(value, str) and value.strip().lower() in allowed:
+        return allowed[value.strip().lower()]
+    raise DataError(f"dataset 'csv': option {key!r} must be {shown}, got {value!r}")
+
+
+def _sep_option(value: Any) -> str:
+    return _csv_choice(value, "sep", _SEP_ALIASES, "auto, ',', ';', tab or whitespace")
+
+
+def _decimal_option(value: Any) -> str:
+    return _csv_choice(value, "decimal", {"auto": "auto", ".": ".", ",": ","}, "auto, '.' or ','")
+
+
+def _split_line(line: str, sep: str) -> list[str]:
+    import csv
+
+    if sep == "whitespace":
+        return [f.strip('"') for f in line.split()]
+    try:
+        return next(csv.reader([line], delimiter=sep))
+    except (csv.Error, StopIteration):
+        return [line]
+
+
+def _fit(header: str, rows: list[str], sep: str) -> str | None:
+    """How the separator splits the header and the data lines: 'exact' (same number of fields,
+    at least 2), 'short' (the header one field short: a blank-headed first column), 'trailing'
+    (each data line ends with a separator the header lacks), or None (it does not fit)."""
+    n_header = len(_split_line(header, sep))
+    fields = [_split_line(r, sep) for r in rows]
+    counts = {len(f) for f in fields}
+    if len(counts) != 1:
+        return None
+    n = counts.pop()
+    if n < 2:
+        return None
+    if n == n_header:
+        return "exact"
+    if n == n_header + 1:
+        return "trailing" if all(not f[-1].strip() for f in fields) else "short"
+    return None
+
+
+_COMMA_NUMBER = r"^[+-]?\d+,\d+(?:[eE][+-]?\d+)?$"
+_POINT_NUMBER = r"^[+-]?(?:\d+\.\d*|\.\d+)(?:[eE][+-]?\d+)?$"
+
+
+def _guess_decimal(rows: list[str], sep: str) -> str:
+    """',' when the data cells write numbers with a decimal comma (``1,23``) more often than with
+    a point; a comma-separated file always uses '.'."""
+    import re
+
+    if sep == ",":
+        return "."
+    comma = point = 0
+    for r in rows:
+        for f in _split_line(r, sep):
+            f = f.strip()
+            if re.match(_COMMA_NUMBER, f):
+                comma += 1
+            elif re.match(_POINT_NUMBER, f):
+                point += 1
+    return "," if comma > point else "."
+
+
+def _head_lines(path: Path) -> tuple[list[tuple[int, str]], str]:
+    """The file's first non-blank lines with their 0-based line numbers, and its encoding."""
+    try:
+        with open(path, "rb") as f:
+            chunks: list[bytes] = []
+            size = newlines = 0
+            at_end = False
+            while size < _SNIFF_BYTES and newlines <= 4 * _SNIFF_LINES:  # blank lines count too
+                chunk = f.read(min(1 << 16, _SNIFF_BYTES - size))
+                if not chunk:
+                    at_end = True
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                newlines += chunk.count(b"\n")
+            data = b"".join(chunks)
+            at_end = at_end or not f.read(1)
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    if not at_end and b"\n" in data:
+        data = data[: data.rindex(b"\n")]  # complete lines only
+    try:
+        text, encoding = data.decode("utf-8-sig"), "utf-8-sig"
+    except UnicodeDecodeError:
+        text, encoding = data.decode("latin-1"), "latin-1"
+    if "\x00" in text:
+        raise DataError(f"{path}: not a text file (it holds NUL bytes); export the data as CSV text")
+    lines: list[tuple[int, str]] = []
+    for i, line in enumerate(text.split("\n")):
+        line = line.rstrip("\r")
+        if line.strip():
+            lines.append((i, line))
+            if len(lines) > _SNIFF_LINES:
+                break
+    return lines, encoding
+
+
+def sniff_csv(path: Path, sep: str = "auto", decimal: str = "auto") -> CsvLayout:
+    """Read a CSV file's first lines and tell its layout (separator, decimal mark, column names).
+
+    ``sep`` 'auto' tries tab, semicolon, comma and whitespace, in that order, and takes the first
+    that splits the header and the first data lines into the same number of fields (or the header
+    one short: a blank-headed first column); ``decimal`` 'auto' reads a decimal comma (``1,23``)
+    when a file that is not comma-separated writes its numbers that way. One-line DataError when
+    no separator fits."""
+    import re
+
+    sep = _sep_option(sep)
+    decimal = _decimal_option(decimal)
+    lines, encoding = _head_lines(path)
+    if lines and re.fullmatch(r"sep=(.)", lines[0][1].strip()):  # Excel's separator line
+        named = lines[0][1].strip()[4:]
+        sep = sep if sep != "auto" else _SEP_ALIASES.get(named, "auto")
+        lines = lines[1:]
+    if not lines:
+        raise DataError(f"{path}: the file is empty")
+    (header_line, header), rows = lines[0], [line for _, line in lines[1:]]
+    if not rows:
+        raise DataError(f"{path}: only a header line, no data rows")
+    detected = sep == "auto"
+    fit: str | None = None
+    if detected:
+        for candidate in ("\t", ";", ",", "whitespace"):
+            fit = _fit(header, rows, candidate)
+            if fit is not None:
+                sep = candidate
+                break
+        else:
+            raise DataError(
+                f"{path}: cannot tell the column separator: neither tab, semicolon, comma nor whitespace splits the "
+                f"header and the first data lines into the same number of columns; give loader option sep "
+                f"(or --sep), or check the file's first lines"
+            )
+    else:
+        fit = _fit(header, rows, sep) or "exact"  # pandas reports rows that do not fit
+    if decimal == "," and sep == ",":
+        raise DataError(f"{path}: a comma-separated file cannot use a decimal comma; give sep ';' (or tab)")
+    if decimal == "auto":
+        decimal = _guess_decimal(rows, sep)
+    raw = [f.strip() for f in _split_line(header, sep)]
+    if fit == "short":
+        raw = ["", *raw]
+    elif fit == "trailing":
+        raw = [*raw, ""]
+    names = tuple(f if f else f"Unnamed: {i}" for i, f in enumerate(raw))
+    seen: dict[str, int] = {}
+    for i, f in enumerate(raw):
+        if f and f in seen:
+            raise DataError(
+                f"{path}: column {f!r} appears twice in the header (columns {seen[f] + 1} and {i + 1}); "
+                f"give each column its own name"
+            )
+        seen.setdefault(f, i)
+    return CsvLayout(
+        path=path,
+        sep=sep,
+        decimal=decimal,
+        encoding=encoding,
+        names=names,
+        blank=tuple(not f for f in raw),
+        skip=header_line + 1,
+        detected=detected,
+    )
+
+
+def read_csv_layout(layout: CsvLayout, text_columns: Iterable[str] = ()) -> Any:
+    """The file's data rows as a DataFrame with the layout's column names; ``text_columns`` are
+    read as text (sample ids: ``007`` stays ``007``). Blank-headed columns with no value at all
+    (a trailing separator) are dropped."""
+    import pandas as pd
+
+    text = {layout.names.index(c): str for c in text_columns if c in layout.names}
+    kwargs: dict[str, Any] = dict(
+        sep=r"\s+" if layout.sep == "whitespace" else layout.sep,
+        decimal=layout.decimal,
+        header=None,
+        skiprows=layout.skip,
+        dtype=text or None,
+        low_memory=False,
+    )
+    path = layout.path
+    try:
+        try:
+            df = pd.read_csv(path, encoding=layout.encoding, **kwargs)
+        except UnicodeDecodeError:
+            df = pd.read_csv(path, encoding="latin-1", **kwargs)
+    except FileNotFoundError:
+        raise DataError(f"file not found: {path}") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: only a header line, no data rows") from None
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"cannot read {path} as CSV ({layout.sep_name}-separated): {first}") from None
+    if df.shape[1] != len(layout.names):
+        raise DataError(
+            f"{path}: the header names {len(layout.names)} columns but the first data row has {df.shape[1]} "
+            f"({layout.sep_name}-separated); check the separator (loader option sep)"
+        )
+    df.columns = list(layout.names)
+    empty = [c for c, b in zip(layout.names, layout.blank) if b and df[c].isna().all()]
+    return df.drop(columns=empty) if empty else df
+
+
+def csv_axis_value(name: Any, decimal: str = ".") -> float | None:
+    """A column header as a position on the axis (``1100``, ``1100.5``; ``1100,5`` with a decimal
+    comma), or None. A unit after the number (``1100 nm``) is not read: give plain numbers."""
+    text = str(name).strip()
+    if decimal == "," and text.count(",") == 1 and "." not in text:
+        text = text.replace(",", ".")
+    return _parse_axis_value(text)
+
+
+def _unit_header_hint(names: Iterable[str]) -> str:
+    import re
+
+    global _UNIT_HEADER
+    if _UNIT_HEADER is None:
+        _UNIT_HEADER = re.compile(r"^[+-]?\d+(?:[.,]\d+)?\s*(?:nm|cm-1|cm\^-1|cm⁻¹|1/cm|um|µm)$", re.IGNORECASE)
+    for n in names:
+        if _UNIT_HEADER.match(str(n).strip()):
+            return (f"; headers like {str(n).strip()!r} carry a unit: write the plain number (e.g. "
+                    f"{re.match(r'[+-]?[0-9.,]+', str(n).strip()).group(0)}) and give the unit with axis_unit")
+    return ""
+
+
+def _csv_numeric(df: Any, cols: list[str], path: Path, what: str, decimal: str) -> np.ndarray:
+    """The columns as floats; missing cells (empty, NA, NaN) are NaN, a cell that is not a number
+    is a DataError naming file, data row and column, and so is an infinite value."""
+    import pandas as pd
+
+    block = df[cols]
+    try:
+        out = block.to_numpy(dtype=float)
+    except (ValueError, TypeError):
+        converted = {}
+        for c in cols:
+            col = block[c]
+            if pd.api.types.is_numeric_dtype(col):
+                converted[c] = col.astype(float)
+                continue
+            present = col.notna().to_numpy()
+            text = np.array([str(v).strip() if ok else "" for v, ok in zip(col.to_numpy(dtype=object), present)],
+                            dtype=object)
+            plain = np.char.replace(text.astype(str), ",", ".") if decimal == "," else text.astype(str)
+            number = pd.to_numeric(pd.Series(np.where(text == "", None, plain), index=col.index), errors="coerce")
+            bad = number.isna().to_numpy() & (text != "")
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise DataError(f"{path}: {what} column {c!r}, data row {row + 1}: {col.iloc[row]!r} is not a number")
+            converted[c] = number.astype(float)
+        out = pd.DataFrame(converted, columns=cols).to_numpy(dtype=float)
+    inf = np.isinf(out)
+    if inf.any():
+        row, j = (int(v[0]) for v in np.nonzero(inf))
+        raise DataError(f"{path}: {what} column {cols[j]!r}, data row {row + 1}: the value is infinite")
+    return out
+
+
+def _numeric_share(df: Any, column: str, decimal: str) -> tuple[int, int]:
+    """(cells with a value, cells whose value is a number) of a column."""
+    import pandas as pd
+
+    col = df[column]
+    if pd.api.types.is_bool_dtype(col):
+        return int(col.notna().sum()), 0
+    if pd.api.types.is_numeric_dtype(col):
+        n = int(col.notna().sum())
+        return n, n
+    text = col.dropna().astype(str).str.strip()
+    text = text[text != ""]
+    if decimal == ",":
+        text = text.str.replace(",", ".", regex=False)
+    return int(len(text)), int(pd.to_numeric(text, errors="coerce").notna().sum())
+
+
+def _numeric_column(df: Any, column: str, decimal: str, mostly: bool = False) -> bool:
+    """Whether the column's values are numbers (at least one value; missing cells allowed);
+    ``mostly``: more than half of them (a stray text cell is then an error naming it)."""
+    n, numeric = _numeric_share(df, column, decimal)
+    return n > 0 and (2 * numeric > n if mostly else numeric == n)
+
+
+def usable_as_ids(df: Any, column: str, decimal: str = ".") -> bool:
+    """A blank-headed first column is taken for sample ids when every row has a value and the
+    values are not numbers, or are all different (a numeric column with repeats is data)."""
+    col = df[column]
+    if col.isna().any():
+        return False
+    values = col.astype(str).str.strip()
+    if (values == "").any():
+        return False
+    return not _numeric_column(df, column, decimal) or not values.duplicated().any()
+
+
+def _column_label(name: str | None, blank: bool) -> str:
+    return "the blank-headed first column" if blank else repr(name)
+
+
+def _resolve_id_column(layout: CsvLayout, wanted: str | None, what: str, option: str) -> str | None:
+    """The column holding sample ids: ``wanted`` by name, '' for the blank-headed column, None
+    for the blank-headed first column if any (checked on its values later)."""
+    if wanted is None:
+        return layout.first_blank
+    if wanted == "":
+        for n, b in zip(layout.names, layout.blank):
+            if b:
+                return n
+        raise DataError(
+            f"{layout.path}: {option} '' means the column with a blank header, but every column of the {what} "
+            f"has a name (first: {layout.names[0]!r}); name the id column"
+        )
+    if wanted not in layout.names:
+        from ctbench.names import did_you_mean
+
+        others = [n for n in layout.names if csv_axis_value(n, layout.decimal) is None]
+        raise DataError(
+            f"{layout.path}: no sample-id column {wanted!r}{did_you_mean(wanted, others)} (option {option}); "
+            f"non-spectral columns: {', '.join(others) or '(none)'}"
+        )
+    return wanted
+
+
+def _sample_ids(df: Any, column: str, path: Path, blank: bool) -> np.ndarray:
+    ids = df[column].astype(object).where(df[column].notna(), "").astype(str).str.strip().to_numpy()
+    empty = np.flatnonzero(ids == "")
+    if empty.size:
+        raise DataError(
+            f"{path}: data row {int(empty[0]) + 1} has no sample id in {_column_label(column, blank)} "
+            f"({empty.size} row(s) without one)"
+        )
+    return ids
+
+
+@dataclass
+class CsvReport:
+    """What the csv loader found, for ``ctbench tasks new`` to print."""
+
+    layouts: dict[str, CsvLayout] = field(default_factory=dict)
+    """Instrument name (and 'references') -> the file's layout."""
+    id_columns: dict[str, str | None] = field(default_factory=dict)
+    """Instrument name (and 'references') -> its sample-id column (None: paired by row)."""
+    properties_from: dict[str, str] = field(default_factory=dict)
+    """Property -> 'references' or 'instrument files'."""
+    reference_rows: int = 0
+    unmatched_references: int = 0
+    """Rows of the references file whose sample id has no spectrum in any instrument file (ignored)."""
+    without_reference: dict[str, int] = field(default_factory=dict)
+    """Instrument -> spectra whose sample id has no row in the references file (NaN references)."""
 
 
 def load_csv(paths: list[Path], options: dict[str, Any]) -> Dataset:
-    """A user's CSV files, one per instrument (``files: {inst: path}``).
+    """A user's CSV files, one per instrument (``files: {inst: path}``), optionally with a separate
+    references file joined by sample id (``references: path``).
 
-    Spectral columns are those whose header parses as a number (the axis), unless
-    ``spectral_columns`` lists them; ``properties`` names the reference columns; ``id_column``
-    names the sample-id column (else rows are paired by position and all files need the same
-    row count). Every other column is kept in ``Spectra.meta`` under its name.
+    Separators (comma, semicolon, tab, whitespace) and a decimal comma are detected unless
+    ``sep`` / ``decimal`` are given. Spectral columns are those whose header parses as a number
+    (the axis), unless ``spectral_columns`` lists them; ``properties`` names the reference
+    columns (with a references file: by default every numeric column of it); ``id_column`` names
+    the sample-id column ('' or left out: a first column with a blank header), else rows are
+    paired by position and all files need the same row count. A missing reference value (empty
+    cell, NA, NaN; or no row in the references file) is NaN. Every other column is kept in
+    ``Spectra.meta`` under its name.
     """
+    return read_csv_dataset(options)[0]
+
+
+def read_csv_dataset(options: Mapping[str, Any]) -> tuple[Dataset, CsvReport]:
+    """:func:`load_csv`, and a report of what it found (layouts, id columns, join counts)."""
     from ctbench.data.mirror import sha256_file
 
     options = _check_options("csv", options, CSV_OPTIONS)
     files = _instrument_files("csv", options)
     unit = _axis_unit("csv", options)
-    properties = tuple(_string_list("csv", options, "properties") or ())
+    props_opt = _string_list("csv", options, "properties")
     chosen = _string_list("csv", options, "spectral_columns")
-    id_column = options.get("id_column")
-    sep = str(options.get("sep", ","))
-    frames: dict[str, tuple[Path, Any]] = {}
+    id_opt = _optional_name(options, "id_column")
+    sep = _sep_option(options.get("sep", "auto"))
+    decimal = _decimal_option(options.get("decimal", "auto"))
+    base = options.get("base_dir")
+    report = CsvReport()
     shas: dict[str, str] = {}
+    frames: dict[str, tuple[Path, CsvLayout, Any]] = {}
+    ids_of: dict[str, np.ndarray | None] = {}
     for inst, value in files.items():
-        p = _user_path(value, options.get("base_dir"), "csv", f"instrument {inst!r}")
-        frames[inst] = (p, _read_csv(p, sep=sep))
+        p = _user_path(value, base, "csv", f"instrument {inst!r}")
+        layout = sniff_csv(p, sep, decimal)
+        id_col = _resolve_id_column(layout, id_opt, "file", "id_column")
+        df = read_csv_layout(layout, [id_col] if id_col else [])
+        if id_col is not None and id_opt is None and not usable_as_ids(df, id_col, layout.decimal):
+            id_col = None  # a blank-headed numeric column with repeats: data, not ids
+        ids_of[inst] = None if id_col is None else _sample_ids(df, id_col, p, layout.blank[layout.names.index(id_col)])
+        frames[inst] = (p, layout, df)
+        report.layouts[inst] = layout
+        report.id_columns[inst] = id_col
         shas[str(value)] = sha256_file(p)
-    if id_column is None:
-        counts = {inst: len(df) for inst, (_, df) in frames.items()}
+    with_ids = [inst for inst, ids in ids_of.items() if ids is not None]
+    without = [inst for inst, ids in ids_of.items() if ids is None]
+    refs_value = options.get("references")
+    if with_ids and without:
+        raise DataError(
+            f"{frames[without[0]][0]}: no sample-id column, while {frames[with_ids[0]][0]} has one "
+            f"({_column_label(report.id_columns[with_ids[0]], id_opt is None)}); name the id column of every "
+            f"file with id_column"
+        )
+    if refs_value is not None and without:
+        raise DataError(
+            f"dataset 'csv': with a references file every instrument file needs a sample-id column: name it "
+            f"with id_column, or leave the first column's header blank ({frames[without[0]][0]} has none)"
+        )
+    if without:
+        counts = {inst: len(df) for inst, (_, _, df) in frames.items()}
         if len(set(counts.values())) > 1:
             raise DataError(
                 "dataset 'csv': files have different row counts "
                 f"({', '.join(f'{k}: {v}' for k, v in counts.items())}); name the sample-id column with id_column"
             )
+        ids_of = {inst: _ids("row", len(df)) for inst, (_, _, df) in frames.items()}
+
+    refs = None
+    if refs_value is not None:
+        refs = _read_references(refs_value, options, id_opt, sep, decimal, report)
+        shas[str(refs_value)] = sha256_file(refs[0])
+    properties = _csv_properties(props_opt, refs, frames, report)
+
+    all_ids: set[str] = set()
     instruments: dict[str, Spectra] = {}
-    for inst, (p, df) in frames.items():
-        df.columns = [str(c).strip() for c in df.columns]
-        if chosen is None:
-            cols, axis = _spectral_columns(df, p)
-        else:
-            for c in chosen:
-                if c not in df.columns:
-                    raise _missing_column(p, c, df.columns, "spectral")
-            cols = list(chosen)
-            parsed = [_parse_axis_value(c) for c in cols]
-            if any(v is None for v in parsed):
-                bad = cols[[v is None for v in parsed].index(True)]
-                raise DataError(f"{p}: spectral column {bad!r} does not name a position on the axis (not a number)")
-            axis = np.asarray(parsed, dtype=float)
-        for c in properties:
-            if c not in df.columns:
-                raise _missing_column(p, c, df.columns, "property")
-        if id_column is not None:
-            if str(id_column) not in df.columns:
-                raise _missing_column(p, str(id_column), df.columns, "sample-id")
-            ids = df[str(id_column)].astype(str).str.strip().to_numpy()
-        else:
-            ids = _ids("row", len(df))
-        values = _numeric(df, cols, p, "spectral")
+    for inst, (p, layout, df) in frames.items():
+        ids = ids_of[inst]
+        assert ids is not None
+        all_ids.update(ids.tolist())
+        cols, axis = _csv_spectral(df, layout, chosen, p)
+        values = _csv_numeric(df, cols, p, "spectral", layout.decimal)
         order = np.argsort(axis, kind="stable")
         if np.any(np.diff(axis[order]) == 0):
             raise DataError(f"{p}: two spectral columns name the same axis position")
         if not np.all(order == np.arange(order.size)):
             axis, values = axis[order], values[:, order]
         _check_finite_rows(values, str(p), ids)
-        y = _numeric(df, list(properties), p, "property") if properties else None
-        if y is not None:
-            ybad = ~np.isfinite(y).all(axis=1)
-            if ybad.any():
-                row = int(np.flatnonzero(ybad)[0])
-                raise DataError(
-                    f"{p}: reference values in data row {row + 1} (sample {ids[row]}) are missing or not finite"
-                )
-        used = set(cols) | set(properties) | ({str(id_column)} if id_column is not None else set())
-        meta = {c: df[c].to_numpy() for c in df.columns if c not in used}
+        y = None
+        used = set(cols) | ({report.id_columns[inst]} if report.id_columns[inst] else set())
+        meta: dict[str, Any] = {}
+        if properties:
+            y = np.full((len(df), len(properties)), np.nan)
+            ref_rows = None
+            if refs is not None:
+                index = refs[2]
+                ref_rows = np.array([index.get(s, -1) for s in ids], dtype=int)
+                report.without_reference[inst] = int((ref_rows < 0).sum())
+            for j, prop in enumerate(properties):
+                if report.properties_from[prop] == "references":
+                    assert refs is not None and ref_rows is not None
+                    hit = ref_rows >= 0
+                    y[hit, j] = refs[3][prop][ref_rows[hit]]
+                else:
+                    y[:, j] = _csv_numeric(df, [prop], p, "property", layout.decimal)[:, 0]
+                    used.add(prop)
+            if refs is not None:
+                assert ref_rows is not None
+                for c, vals in refs[4].items():
+                    if c not in df.columns:
+                        meta[c] = _take_meta(vals, ref_rows)
+        meta = {**{c: df[c].to_numpy() for c in df.columns if c not in used}, **meta}
         instruments[inst] = Spectra(
             values=values,
             axis=axis,
@@ -605,7 +1050,145 @@ def load_csv(paths: list[Path], options: dict[str, Any]) -> Dataset:
             source=str(p),
             meta=meta,
         )
-    return _finish_generic("csv", options, instruments, properties, shas)
+    if refs is not None:
+        report.reference_rows = len(refs[2])
+        report.unmatched_references = len(set(refs[2]) - all_ids)
+        if "description" not in options:
+            notes = []
+            if report.unmatched_references:
+                notes.append(f"{report.unmatched_references} reference row(s) match no spectrum (ignored)")
+            missing = sum(report.without_reference.values())
+            if missing:
+                notes.append(f"{missing} spectra have no reference row")
+            if notes:
+                options["description"] = f"user data read by the csv loader; references {refs_value}: " + "; ".join(notes)
+    return _finish_generic("csv", options, instruments, properties, shas), report
+
+
+def _optional_name(options: Mapping[str, Any], key: str) -> str | None:
+    value = options.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise DataError(f"dataset 'csv': option {key!r} must be a column name, got {value!r}")
+    return str(value).strip()
+
+
+def _take_meta(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    hit = rows >= 0
+    if values.dtype.kind in "fiub":
+        out = np.full(rows.shape, np.nan)
+        out[hit] = values[rows[hit]]
+        return out
+    out = np.full(rows.shape, "", dtype=object)
+    out[hit] = values[rows[hit]]
+    return out
+
+
+def _read_references(
+    value: Any, options: Mapping[str, Any], id_opt: str | None, sep: str, decimal: str, report: CsvReport
+) -> tuple[Path, CsvLayout, dict[str, int], dict[str, np.ndarray], dict[str, np.ndarray], Any]:
+    """(path, layout, sample id -> row, numeric columns by name, other columns by name, frame)."""
+    p = _user_path(value, options.get("base_dir"), "csv", "references")
+    layout = sniff_csv(p, sep, decimal)
+    ref_opt = _optional_name(options, "references_id_column")
+    if ref_opt is None:
+        ref_opt = id_opt
+    if ref_opt is None and layout.first_blank is None:
+        raise DataError(
+            f"{p}: cannot tell which column of the references file holds the sample ids (its first column, "
+            f"{layout.names[0]!r}, has a header); name it with references_id_column"
+        )
+    option = ("references_id_column" if options.get("references_id_column") is not None
+              else "id_column; name the references file's own with references_id_column")
+    id_col = _resolve_id_column(layout, ref_opt, "references file", option)
+    assert id_col is not None
+    df = read_csv_layout(layout, [id_col])
+    ids = _sample_ids(df, id_col, p, layout.blank[layout.names.index(id_col)])
+    index: dict[str, int] = {}
+    for row, sid in enumerate(ids.tolist()):
+        if sid in index:
+            raise DataError(
+                f"{p}: sample id {sid!r} is in data rows {index[sid] + 1} and {row + 1}; a references file has one "
+                f"row per sample"
+            )
+        index[sid] = row
+    report.layouts["references"] = layout
+    report.id_columns["references"] = id_col
+    numeric: dict[str, np.ndarray] = {}
+    other: dict[str, np.ndarray] = {}
+    for c in df.columns:
+        if c == id_col:
+            continue
+        if _numeric_column(df, c, layout.decimal, mostly=True):
+            numeric[c] = _csv_numeric(df, [c], p, "reference", layout.decimal)[:, 0]
+        else:
+            other[c] = df[c].astype(object).where(df[c].notna(), "").to_numpy()
+    return p, layout, index, numeric, other, df
+
+
+def _csv_properties(props_opt: list[str] | None, refs: Any, frames: dict[str, tuple[Path, CsvLayout, Any]],
+                    report: CsvReport) -> tuple[str, ...]:
+    """The properties and where each comes from: the references file when it has the column,
+    else every instrument file."""
+    from ctbench.names import did_you_mean
+
+    if props_opt is None:
+        if refs is None:
+            return ()
+        p, layout, _, numeric, other, _ = refs
+        if not numeric:
+            raise DataError(
+                f"{p}: no numeric reference column besides the sample ids; non-numeric columns: "
+                f"{', '.join(other) or '(none)'} (a cell that is not a number keeps a column out: list the "
+                f"properties with 'properties' to see which)"
+            )
+        for c in numeric:
+            report.properties_from[c] = "references"
+        return tuple(numeric)
+    for prop in props_opt:
+        if refs is not None and prop in refs[5].columns:
+            if prop not in refs[3]:
+                # not numeric: let the cell error name the row
+                _csv_numeric(refs[5], [prop], refs[0], "reference", refs[1].decimal)
+                raise DataError(f"{refs[0]}: reference column {prop!r} has no values")
+            report.properties_from[prop] = "references"
+            continue
+        for p, layout, df in frames.values():
+            if prop not in df.columns:
+                names = [n for n in df.columns if csv_axis_value(n, layout.decimal) is None]
+                if refs is not None:
+                    names += [n for n in refs[5].columns if n not in names]
+                where = f"{p} (nor in {refs[0]})" if refs is not None else str(p)
+                raise DataError(
+                    f"{where}: no property column {prop!r}{did_you_mean(prop, names)}; non-spectral columns: "
+                    f"{', '.join(names) or '(none)'}"
+                )
+        report.properties_from[prop] = "instrument files"
+    return tuple(props_opt)
+
+
+def _csv_spectral(df: Any, layout: CsvLayout, chosen: list[str] | None, p: Path) -> tuple[list[str], np.ndarray]:
+    if chosen is None:
+        cols, axis = [], []
+        for c in df.columns:
+            v = csv_axis_value(c, layout.decimal)
+            if v is not None:
+                cols.append(c)
+                axis.append(v)
+        if not cols:
+            raise DataError(
+                f"{p}: no spectral columns (no column header parses as a number){_unit_header_hint(df.columns)}"
+            )
+        return cols, np.asarray(axis, dtype=float)
+    for c in chosen:
+        if c not in df.columns:
+            raise _missing_column(p, c, df.columns, "spectral")
+    parsed = [csv_axis_value(c, layout.decimal) for c in chosen]
+    if any(v is None for v in parsed):
+        bad = chosen[[v is None for v in parsed].index(True)]
+        raise DataError(f"{p}: spectral column {bad!r} does not name a position on the axis (not a number)")
+    return list(chosen), np.asarray(parsed, dtype=float)
 
 
 MAT_OPTIONS = (

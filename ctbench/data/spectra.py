@@ -20,7 +20,8 @@ class Spectra:
 
     values: (n, p) intensities; axis: (p,) increasing, in ``axis_unit`` (nm or cm-1);
     sample_ids: (n,) one id per row (replicates of a physical sample share it);
-    y: (n, k) reference values for ``properties`` (None when unlabelled).
+    y: (n, k) reference values for ``properties`` (None when unlabelled); NaN marks a missing
+    reference value (that sample is left out of that property only; see ``ctbench.tasks``).
     """
 
     values: np.ndarray
@@ -66,10 +67,10 @@ class Spectra:
                 raise DataError(f"{where}: {y.shape[0]} reference rows for {values.shape[0]} spectra")
             if len(self.properties) != y.shape[1]:
                 raise DataError(f"{where}: {y.shape[1]} reference columns but {len(self.properties)} property names")
-            ybad = ~np.isfinite(y).all(axis=1)
+            ybad = np.isinf(y).any(axis=1)
             if ybad.any():
                 row = int(np.flatnonzero(ybad)[0])
-                raise DataError(f"{where}: reference values in row {row} are NaN or inf")
+                raise DataError(f"{where}: reference values in row {row} are infinite")
         if axis.size > 1 and not np.all(np.diff(axis) > 0):
             raise DataError(f"{where}: axis must be strictly increasing")
 

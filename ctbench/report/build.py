@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -92,9 +92,14 @@ def build_report(
     method_version: str | None = None,
     spectra: bool = True,
     blocks: str = "tasks",
+    include_synthetic: bool = False,
+    say: Callable[[str], None] | None = None,
 ) -> Report:
     """Read the store, make every figure under ``out_dir/figures`` and write
-    ``out_dir/index.html`` (self-contained) and ``out_dir/summary.md``."""
+    ``out_dir/index.html`` (self-contained) and ``out_dir/summary.md``.
+
+    Synthetic tasks are left out (one note) unless ``include_synthetic`` or named in ``tasks``.
+    ``say(stage)`` is called as each stage starts (reading, each figure, writing the page)."""
     from ctbench.report.heatmap import gap_matrix, heatmap_figure
     from ctbench.report.page import render_html, render_markdown
     from ctbench.report.significance import cd_figure, friedman_by_shots
@@ -105,10 +110,13 @@ def build_report(
         raise ReportError(f"band must be one of {', '.join(BANDS)}, got {band!r}")
     if blocks not in BLOCK_KINDS:
         raise ReportError(f"blocks must be one of {', '.join(BLOCK_KINDS)}, got {blocks!r}")
+    say = say or (lambda stage: None)
     results_dir, out_dir = Path(results_dir), Path(out_dir)
-    contents = read_store(results_dir, tasks, task_version, method_version)
+    say(f"loading records from {results_dir}")
+    contents = read_store(results_dir, tasks, task_version, method_version, include_synthetic=include_synthetic)
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear_old_figures(out_dir)
+    say(f"leaderboards of {len(contents.records)} record(s), {len(contents.tasks)} task(s)")
 
     # one pass: the mean rows and the per-property rows (gap closed has no mean row: the mean
     # tables then show the relative RMSEP)
@@ -129,7 +137,8 @@ def build_report(
         absent = [t for t in tasks if t not in contents.tasks]
         if absent:
             report.notes.append(f"no records for task(s) {', '.join(absent)} in {results_dir}.")
-    for t in contents.tasks:
+    for i, t in enumerate(contents.tasks, 1):
+        say(f"figure: sample-efficiency curves of {t} ({i}/{len(contents.tasks)})")
         report.tasks.append(_task_section(contents, t, rows_all, prop_rows, metric, refs, out_dir, band))
     if len(contents.tasks) == 1:
         report.notes.append("the store holds a single task: the significance test compares methods over blocks "
@@ -146,6 +155,7 @@ def build_report(
         report.heatmap_note = ("gap closed cannot be computed: no task has both its no_transfer and "
                                "full_recalibration records.")
     else:
+        say("figure: gap-closed heatmap")
         report.heatmap = heatmap_figure(gm, out_dir, shots_for_heatmap)
         off = [f"{t} (N={n})" for t, n in gm.shots.items() if n != shots_for_heatmap]
         if off:
@@ -156,21 +166,25 @@ def build_report(
                                     "methods are not ranked on it; use --metric rel_rmsep (the default).")
     else:
         datasets, samples = task_datasets(contents.records)
+        say("significance tests (Friedman, Nemenyi) at each N")
         report.significance = friedman_by_shots(rows_all, metric, blocks=blocks, datasets=datasets,
                                                 dataset_samples=samples)
         if not report.significance:
             report.significance_note = "no non-reference method has a row: there is nothing to rank."
         for res in report.significance:
             if res.ran and len(res.methods) >= 2:
+                say(f"figure: critical-difference diagram at N = {res.n_shots}")
                 report.cd_figures[res.n_shots] = cd_figure(res, out_dir)
 
     report.failures = _failures(contents)
     if spectra:
         from ctbench.report.spectra import standards_section
 
-        for t in contents.tasks:
+        for i, t in enumerate(contents.tasks, 1):
+            say(f"figure: a standard's spectra before and after correction, {t} ({i}/{len(contents.tasks)})")
             report.spectra.append(standards_section(t, contents.task_records(t), out_dir, data_dir))
 
+    say(f"writing {out_dir / 'index.html'} and summary.md")
     (out_dir / "index.html").write_text(render_html(report), encoding="utf-8")
     (out_dir / "summary.md").write_text(render_markdown(report), encoding="utf-8")
     return report

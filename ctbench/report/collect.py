@@ -51,13 +51,25 @@ def is_ok(rec: dict[str, Any]) -> bool:
     return rec.get("status") == "ok" and bool(rec.get("metrics"))
 
 
+def is_synthetic(rec: dict[str, Any]) -> bool:
+    """A record of a synthetic task (made-up data generated in code: a demo, not a benchmark)."""
+    summary = rec.get("task")
+    return isinstance(summary, dict) and summary.get("synthetic") is True
+
+
 def read_store(
     results_dir: Path,
     tasks: list[str] | None = None,
     task_version: str | None = None,
     method_version: str | None = None,
+    include_synthetic: bool = False,
 ) -> StoreContents:
-    """The store's records (filtered by task / version); corrupt files become warnings."""
+    """The store's records (filtered by task / version); corrupt files become warnings.
+
+    Synthetic tasks (``task.synthetic`` true in the record) are left out, with one note naming
+    them, unless ``include_synthetic`` or ``tasks`` names the tasks to report (as ``ctbench
+    leaderboard`` does); a store that holds nothing else is a :class:`ReportError` naming the
+    option."""
     from ctbench.store import Store
 
     with warnings.catch_warnings(record=True) as caught:
@@ -73,8 +85,35 @@ def read_store(
         sel = [r for r in sel if str(r["identity"]["method_version"]) == method_version]
     if not sel:
         raise ReportError(f"no records in {results_dir} match the task/version filters")
+    if not include_synthetic and not tasks:  # tasks named with --task are reported, synthetic or not
+        left = [r for r in sel if is_synthetic(r)]
+        if left:
+            names = sorted({r["identity"]["task"] for r in left})
+            if len(left) == len(sel):
+                raise ReportError(f"the store holds only synthetic tasks ({', '.join(names)}), left out by default; "
+                                  f"add --include-synthetic, or name them with --task {','.join(names)}")
+            sel = [r for r in sel if not is_synthetic(r)]
+            many = len(names) > 1
+            notes.append(f"{len(names)} synthetic task{'s' if many else ''} ({', '.join(names)}: made-up data, "
+                         f"{len(left)} records) left out of the leaderboards, curves and significance tests; add "
+                         f"--include-synthetic, or name {'them' if many else 'it'} with --task, to report on "
+                         f"{'them' if many else 'it'}")
     sel, skipped = consistent_records(sel)  # records that do not fit with the others: left out, named
     return StoreContents(results_dir=Path(results_dir), records=sel, warnings=notes + skipped)
+
+
+def property_unit(records: list[dict[str, Any]], prop: str) -> str | None:
+    """The unit of property ``prop`` when the records' task summaries carry one (``units``: a
+    mapping property -> unit, or one unit for every property), else None."""
+    for r in records:
+        summary = r.get("task") if isinstance(r.get("task"), dict) else {}
+        for key in ("units", "property_units"):
+            units = summary.get(key)
+            if isinstance(units, dict) and isinstance(units.get(prop), str) and units[prop].strip():
+                return units[prop].strip()
+            if isinstance(units, str) and units.strip():
+                return units.strip()
+    return None
 
 
 def base_name(rec: dict[str, Any]) -> str:

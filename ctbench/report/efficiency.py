@@ -23,6 +23,7 @@ from ctbench.report.collect import (
     base_name,
     is_anchor,
     label_order,
+    property_unit,
     record_value,
     task_properties,
 )
@@ -32,6 +33,22 @@ METRIC_NAMES = {"rel_rmsep": "relative RMSEP", "rmsep": "RMSEP", "r2": "R²", "r
                 "sep": "SEP", "gap_closed": "gap closed"}
 BANDS = ("ci", "sd", "minmax")
 GEOMETRIC = ("rel_rmsep",)
+UNIT_METRICS = ("rmsep", "sep", "bias")
+"""Metrics in the property's own units (the others are ratios or unitless)."""
+ANCHOR_NOTES = {"no_transfer": "no correction", "full_recalibration": "target model"}
+
+
+def axis_label(metric: str, unit: str | None = None) -> str:
+    """The y-axis label of a metric: with the property's unit for RMSEP, SEP and bias
+    ("property units" when the records do not say), as a ratio for relative RMSEP."""
+    if metric == "rel_rmsep":
+        return "RMSEP / RMSEP(full recalibration)"
+    name = METRIC_NAMES.get(metric, metric)
+    if metric in UNIT_METRICS:
+        return f"{name} ({unit or 'property units'})"
+    if metric == "gap_closed":
+        return "gap closed (fraction of the gap)"
+    return name
 
 
 @dataclass
@@ -194,8 +211,9 @@ def efficiency_figure(
             elif ax.get_xscale() == "log":
                 ax.set_xlim(all_ns[0] / (1 + 2 * pad), all_ns[-1] * (1 + 2 * pad))
         _maybe_log_y(ax, metric, lows, highs)
+        _label_anchors(ax, [c for c in curves if c.anchor], styles)
         ax.set_xlabel("N (transfer standards)")
-        ax.set_ylabel(name)
+        ax.set_ylabel(axis_label(metric, property_unit(records, prop)))
         ax.set_title(prop)
         ax.grid(True, which="major", alpha=0.3)
     for ax in list(axes.flat)[n:]:
@@ -215,9 +233,13 @@ def efficiency_figure(
                + " over repetitions" + (f" ({name} has no bootstrap interval)." if fallback else "."))
     what = (f"{name} (RMSEP / RMSEP of full_recalibration on the same outer test split; 1 = full recalibration)"
             if metric == "rel_rmsep" else name)
+    lower = metric in ("rel_rmsep",) + UNIT_METRICS  # an error: lower is better
     caption = (f"{task}: {what} on the test set against the number of transfer standards N, one panel per "
-               f"property. {how} Dashed horizontal lines: no_transfer (floor) and full_recalibration (ceiling), "
-               f"which do not depend on N.")
+               f"property. {how} Dashed horizontal lines, labelled on the plot: no_transfer (the source model "
+               f"without correction: the level to beat) and full_recalibration (a model recalibrated on the "
+               f"target: the best to expect), which do not depend on N"
+               + ("; with an error metric a method is better the lower it lies." if lower else ".")
+               + ("" if metric not in UNIT_METRICS else " RMSEP, SEP and bias are in each property's own units."))
     return save_figure(fig, out_dir, f"efficiency_{task}_{metric}", caption)
 
 
@@ -238,3 +260,46 @@ def _maybe_log_y(ax: Any, metric: str, lows: list[float], highs: list[float]) ->
         ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _label_anchors(ax: Any, anchors: list[Curve], styles: dict[str, dict[str, str]]) -> None:
+    """Name each dashed anchor line on the plot, at its right end, on the side away from the
+    other anchor (the upper line labelled above itself, the lower one below), inside the axes:
+    the limits grow a little when a label would not fit."""
+    levels = [(c, c.level()) for c in anchors]
+    levels = [(c, y) for c, y in levels if np.isfinite(y)]
+    if not levels:
+        return
+    levels.sort(key=lambda cy: cy[1])
+    for i, (c, y) in enumerate(levels):
+        above = i == len(levels) - 1 and (len(levels) > 1 or _axes_fraction(ax, y) < 0.8)
+        _make_room(ax, y, above)
+        note = ANCHOR_NOTES.get(c.method)
+        text = f"{c.label} ({note})" if note and c.label == c.method else c.label
+        ax.annotate(text, xy=(0.99, y), xycoords=("axes fraction", "data"), xytext=(0, 3 if above else -3),
+                    textcoords="offset points", ha="right", va="bottom" if above else "top", fontsize=8,
+                    color=styles[c.label]["color"],
+                    bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.75})
+
+
+def _axes_fraction(ax: Any, y: float) -> float:
+    """Where ``y`` sits between the bottom (0) and top (1) of the axes, on its scale."""
+    lo, hi = ax.get_ylim()
+    if ax.get_yscale() == "log" and lo > 0 and hi > 0 and y > 0:
+        lo, hi, y = np.log(lo), np.log(hi), np.log(y)
+    return float((y - lo) / (hi - lo)) if hi != lo else 0.5
+
+
+def _make_room(ax: Any, y: float, above: bool, room: float = 0.09) -> None:
+    """Widen the y-limits so that a label of ``room`` axes height fits above (or below) ``y``."""
+    lo, hi = ax.get_ylim()
+    log = ax.get_yscale() == "log" and lo > 0 and hi > 0 and y > 0
+    f = (lambda v: np.log(v)) if log else (lambda v: v)
+    g = (lambda v: float(np.exp(v))) if log else (lambda v: float(v))
+    a, b, v = f(lo), f(hi), f(y)
+    if above and (b - v) < room * (b - a):
+        b = (v - room * a) / (1 - room)  # solve (b - v) = room * (b - a)
+        ax.set_ylim(g(a), g(b))
+    elif not above and (v - a) < room * (b - a):
+        a = (v - room * b) / (1 - room)  # solve (v - a) = room * (b - a)
+        ax.set_ylim(g(a), g(b))

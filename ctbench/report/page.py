@@ -292,13 +292,23 @@ def _significance_html(r: Any) -> list[str]:
     return parts
 
 
+PAGE_HEIGHT_SCRIPT = (
+    "<script>addEventListener('load',function(){var e=document.documentElement;"
+    "e.setAttribute('data-page-height',Math.ceil(Math.max(e.scrollHeight,document.body.scrollHeight)))})</script>"
+)
+"""Writes the page's full height in pixels (at the window's width) into ``<html data-page-height>``
+once loaded, so that a headless browser's ``--dump-dom`` tells how tall a screenshot of the
+whole page must be (``ctbench report --screenshot``; docs/report.md). It changes nothing else."""
+
+
 def render_html(report: Any) -> str:
     r = report
     name = METRIC_NAMES.get(r.metric, r.metric)
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<title>ctbench report: {_e(', '.join(t.name for t in r.tasks))}</title><style>{CSS}</style></head><body><main>",
+        f"<title>ctbench report: {_e(', '.join(t.name for t in r.tasks))}</title><style>{CSS}</style>{PAGE_HEIGHT_SCRIPT}"
+        "</head><body><main>",
         "<h1>ctbench report</h1>",
         f"<p class='meta'>Store <code>{_e(r.results_dir)}</code> · generated {_e(r.generated)} · metric {_e(name)} · "
         f"{r.n_records} records ({r.n_ok} ok, {r.n_failed} failed) · {len(r.tasks)} task(s) · "

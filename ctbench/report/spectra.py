@@ -104,7 +104,7 @@ def _build_task(name: str, data_dir: str | None) -> Any:
 def _refit_and_correct(task: Any, rec: dict[str, Any], x_target: np.ndarray) -> np.ndarray:
     """Fit and transfer the record's method configuration, then ``transform_target`` the spectrum."""
     from ctbench.plugins import get_method
-    from ctbench.runner import _readonly, source_for, standards_for
+    from ctbench.runner import _readonly, source_for, standards_for, target_spectra
     from ctbench.splits import make_split
 
     ident = rec["identity"]
@@ -119,8 +119,8 @@ def _refit_and_correct(task: Any, rec: dict[str, Any], x_target: np.ndarray) -> 
     split = make_split(task, int(ident["n_shots"]), int(ident["rep"]), int(ident["seed"]))
     task = task.outer(split.outer)  # the record's outer split: its pool calibrates, its test set is unlabelled
     method = method.fit(source_for(task, cls))
-    unlabelled = _readonly(task.X_target[task.test_rows]) if cls.tags.transductive else None
-    method = method.transfer(standards_for(task, split.standard_rows), unlabelled)
+    unlabelled = target_spectra(task, cls, task.test_rows) if cls.tags.transductive else None
+    method = method.transfer(standards_for(task, split.standard_rows, cls), unlabelled)
     out = np.asarray(method.transform_target(_readonly(x_target)), dtype=float)
     if out.shape != x_target.shape:
         raise ValueError(f"transform_target returned shape {out.shape}, expected {x_target.shape}")

@@ -184,7 +184,7 @@ class Bench:
     def standards(self, n: int | None = None, rep: int = 0, writable: bool = False) -> Standards:
         from ctbench.runner import standards_for
 
-        std = standards_for(self.task, self.split(self.n_shots if n is None else n, rep).standard_rows)
+        std = standards_for(self.task, self.split(self.n_shots if n is None else n, rep).standard_rows, self.cls)
         if writable:
             std = dataclasses.replace(std, X_source=np.array(std.X_source), X_target=np.array(std.X_target),
                                       y=np.array(std.y), axis=np.array(std.axis),
@@ -192,7 +192,9 @@ class Bench:
         return std
 
     def x_test(self, writable: bool = False) -> np.ndarray:
-        X = self.task.X_target[self.task.test_rows]
+        from ctbench.runner import target_spectra
+
+        X = target_spectra(self.task, self.cls, self.task.test_rows)
         return np.array(X, dtype=float) if writable else readonly(X)
 
     def unlabelled(self, writable: bool = False) -> np.ndarray | None:

@@ -145,7 +145,7 @@ class Spektron(TransferMethod):
 
     name = "spektron"
     version = "2"
-    tags = Tags(min_shots=2, multi_target=True)
+    tags = Tags(min_shots=2, multi_target=True, native_axes=True)
     description = ("Spektron foundation model: token-level ridge head on the pretrained backbone, LoRA transfer "
                    "with the standards (regression + source/target alignment), MC-dropout + conformal intervals")
 
@@ -251,11 +251,19 @@ class Spektron(TransferMethod):
                                align_weight=float(self.align_weight), recon_weight=float(self.recon_weight),
                                moments_weight=float(self.moments_weight))
 
-    def _features(self, model: Any, X: np.ndarray, overrides: dict[str, Any], stats_affine: bool) -> np.ndarray:
-        """Scaled readout features (n, D + 2) of spectra X on the transfer axis."""
+    def _target_axis(self) -> np.ndarray:
+        """The target spectra's axis: the source calibration's, unless the standards came on the
+        target instrument's own axis (tag native_axes, card alignment native); the network's
+        grid resamples either."""
+        axis = getattr(self, "target_axis_", None)
+        return self.axis_ if axis is None else axis
+
+    def _features(self, model: Any, X: np.ndarray, overrides: dict[str, Any], stats_affine: bool,
+                  axis: np.ndarray | None = None) -> np.ndarray:
+        """Scaled readout features (n, D + 2) of spectra X on ``axis`` (the source calibration's by default)."""
         from .readout import forward_all
 
-        gs = self._grid(model, X, self.axis_, self.axis_unit_)
+        gs = self._grid(model, X, self.axis_ if axis is None else axis, self.axis_unit_)
         Z = forward_all(model, gs, self.readout_, overrides=overrides)[self.readout_]
         F = self.scaling_.apply(Z, gs.stats)
         if stats_affine and getattr(self, "transferred_", False):
@@ -421,7 +429,7 @@ class Spektron(TransferMethod):
         prefix, _ = path_after(model, stages[0] if stages else None, self.readout_)
         task = AdapterTask(source_feature_mean=torch.as_tensor(self.source_feature_mean_))
         if Xt.shape[0]:
-            gs_t = self._grid(model, Xt, self.axis_, self.axis_unit_)
+            gs_t = self._grid(model, Xt, self._target_axis(), self.axis_unit_)
             gs_s = self._grid(model, Xs, self.axis_, self.axis_unit_)
             last_prefix = prefix[-1] if prefix else "embed"
             task.h_prefix = hidden_until(model, gs_t, last_prefix, overrides=base)
@@ -430,7 +438,7 @@ class Spektron(TransferMethod):
             task.f_source = torch.as_tensor(self.scaling_.apply(Zs, gs_s.stats), dtype=torch.float32)
             task.y = torch.as_tensor(ys, dtype=torch.float32)
         if X_unl is not None and X_unl.shape[0]:
-            task.unlabelled = self._grid(model, X_unl, self.axis_, self.axis_unit_)
+            task.unlabelled = self._grid(model, X_unl, self._target_axis(), self.axis_unit_)
         return task
 
     def _train(self, model: Any, Xs: np.ndarray, Xt: np.ndarray, ys: np.ndarray, X_unl: np.ndarray | None, seed: int,
@@ -461,7 +469,7 @@ class Spektron(TransferMethod):
 
         Xt, ys = group_means(groups, Xt, ys)
         mods = {**self._base_overrides(model), **self._states_to_modules(model, res.states)}
-        gs = self._grid(model, Xt, self.axis_, self.axis_unit_)
+        gs = self._grid(model, Xt, self._target_axis(), self.axis_unit_)
         Z = forward_all(model, gs, self.readout_, overrides=mods)[self.readout_]
         Ft = self.scaling_.apply(Z, gs.stats)
         Ft[:, -2:] = Ft[:, -2:] * res.stats_scale + res.stats_shift
@@ -490,8 +498,15 @@ class Spektron(TransferMethod):
         axis = np.array(standards.axis, dtype=float)
         if axis.shape != self.axis_.shape or not np.allclose(axis, self.axis_):
             raise ValueError(f"{self.name}: standards must be on the source calibration's axis (resample them first)")
-        if n and Xt.shape[1] != self.axis_.size:
-            raise ValueError(f"{self.name}: standards have {Xt.shape[1]} channels, the source calibration {self.axis_.size}")
+        axis_t = getattr(standards, "axis_target", None)
+        self.target_axis_ = None if axis_t is None else np.array(axis_t, dtype=float)
+        if self.target_axis_ is not None and self.pds_first:
+            raise ValueError(f"{self.name}: pds_first needs both instruments on one axis (card alignment 'overlap', not 'native')")
+        t_axis = self._target_axis()
+        if Xs.ndim == 2 and n and Xs.shape[1] != self.axis_.size:
+            raise ValueError(f"{self.name}: standards' source spectra have {Xs.shape[1]} channels, the source calibration {self.axis_.size}")
+        if n and Xt.shape[1] != t_axis.size:
+            raise ValueError(f"{self.name}: standards' target spectra have {Xt.shape[1]} channels, their axis {t_axis.size}")
         if n < self.tags.min_shots:
             raise ValueError(f"{self.name} needs at least {self.tags.min_shots} transfer standards, got {n}")
         X_unl = None
@@ -573,7 +588,7 @@ class Spektron(TransferMethod):
             res = self._train(model, Xs[tr], Xt_tr, ys[tr], None, self.random_state + 101 + j, g_tr)
             W, b, bias = self._refit_head(model, res, Xt_tr, ys[tr], g_tr)
             mods = {**self._base_overrides(model), **self._states_to_modules(model, res.states)}
-            gs = self._grid(model, Xt_val, self.axis_, self.axis_unit_)
+            gs = self._grid(model, Xt_val, self._target_axis(), self.axis_unit_)
             from .readout import forward_all
 
             Z = forward_all(model, gs, self.readout_, overrides=mods)[self.readout_]
@@ -592,8 +607,9 @@ class Spektron(TransferMethod):
         if not hasattr(self, "head_W_"):
             raise RuntimeError(f"{self.name}: call fit() before predict()")
         X = np.array(X_target, dtype=float, copy=True)
-        if X.ndim != 2 or X.shape[1] != self.axis_.size:
-            raise ValueError(f"{self.name}: expected spectra with {self.axis_.size} channels, got shape {X.shape}")
+        t_axis = self._target_axis()
+        if X.ndim != 2 or X.shape[1] != t_axis.size:
+            raise ValueError(f"{self.name}: expected spectra with {t_axis.size} channels, got shape {X.shape}")
         cache = self._cached()
         key = (X.shape, hash(X.tobytes()))
         last = cache.get("last")
@@ -605,7 +621,7 @@ class Spektron(TransferMethod):
         with torch_threads(self.threads):
             model = self._model()
             Xc = self._target_spectra(X)
-            F = self._features(model, Xc, self._overrides(model), stats_affine=True)
+            F = self._features(model, Xc, self._overrides(model), stats_affine=True, axis=self._target_axis())
             pred = F @ self.head_W_ + self.head_b_ + self.bias_delta_
             sd = mc_dropout_spread(F, self.head_W_, rate, T, seed)
         sd = floor_spread(sd, self.source_spread_median_[None, :] * np.ones_like(sd))
@@ -689,7 +705,7 @@ class SpektronTTT(Spektron):
     of the adapters on the unlabelled target spectra; with standards, their terms are added."""
 
     name = "spektron-ttt"
-    tags = Tags(min_shots=0, zero_shot=True, transductive=True, multi_target=True)
+    tags = Tags(min_shots=0, zero_shot=True, transductive=True, multi_target=True, native_axes=True)
     description = "Spektron zero-shot: LoRA test-time training on the unlabelled target spectra (transductive)"
     __init__ = _with_defaults(ttt_steps=40, moments_weight=10.0)
 
@@ -724,6 +740,7 @@ class SpektronPDS(Spektron):
     network, fed the PDS-corrected target spectra, learns what is left with the same LoRA transfer."""
 
     name = "spektron-pds"
+    tags = Tags(min_shots=2, multi_target=True)  # PDS needs both instruments on one axis
     description = "Spektron on PDS-corrected target spectra: PDS first, the LoRA-adapted network learns the residual"
     __init__ = _with_defaults(pds_first=True)
 

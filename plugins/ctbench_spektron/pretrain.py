@@ -221,6 +221,7 @@ def run_pretraining(corpus: Any, config: dict[str, Any]) -> dict[str, Any]:
     mcfg = pcfg.model_config()
     ctx = DistributedContext(pcfg.device)
     device = ctx.device
+    progress = None
     try:
         ckpt_path = out_dir / "checkpoint-last.pt"
         if ckpt_path.exists() and not run.get("resume"):
@@ -376,6 +377,8 @@ def run_pretraining(corpus: Any, config: dict[str, Any]) -> dict[str, Any]:
         ctx.barrier()
         return summary
     finally:
+        if progress is not None:  # an error mid-loop: stop the bar (or the plain lines' heartbeat)
+            progress.close()
         ctx.close()
         torch.set_num_threads(threads_before)
 
@@ -393,36 +396,27 @@ def _write_history(path: Path, history: list[dict[str, Any]], loss_names: tuple[
 
 
 class _progress:
-    """A rich progress bar (or nothing) showing step, loss and spectra/s; plain lines when the
-    output is not a terminal (batch jobs, logs)."""
+    """The pretraining loop's progress: ctbench's shared :class:`ctbench.progress.Progress` (a rich
+    bar on a terminal; without one, plain ``pretrain: 120/1000 steps (12 %), ...; loss 0.4123,
+    812.3 spectra/s`` lines every ``CTBENCH_PROGRESS_SECONDS`` and one at the end), or nothing."""
 
     def __init__(self, enabled: bool, total: int, start: int):
         self.bar = None
-        self.plain = None
-        self.total = total
         if not enabled:
             return
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        console = Console(stderr=True)
-        if not console.is_terminal:
-            self.plain = console
-            return
-        self.bar = Progress(TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                            TimeElapsedColumn(), TimeRemainingColumn(), console=console)
-        self.bar.start()
-        self.task = self.bar.add_task("pretrain", total=total, completed=start, info="")
+        from ctbench.progress import Progress
+
+        self.bar = Progress("pretrain", total, "steps", console=Console(stderr=True)).start(completed=start)
 
     def update(self, done: int, loss: float | None, rate: float | None) -> None:
-        if self.plain is not None and loss is not None:
-            self.plain.print(f"pretrain step {done}/{self.total}  loss {loss:.4f}  {rate:.1f} spectra/s", highlight=False)
         if self.bar is None:
             return
         if loss is not None:
-            self.bar.update(self.task, completed=done, info=f"loss {loss:.4f}  {rate:.1f} spectra/s")
+            self.bar.update(done, info=f"loss {loss:.4f}, {rate:.1f} spectra/s")
         else:
-            self.bar.update(self.task, completed=done)
+            self.bar.update(done)
 
     def close(self) -> None:
         if self.bar is not None:
