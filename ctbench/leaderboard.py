@@ -141,6 +141,27 @@ def consistent_records(records: list[dict]) -> tuple[list[dict], list[str]]:
     return [r for r in records if id(r) not in bad], notes
 
 
+def is_synthetic(rec: dict[str, Any]) -> bool:
+    """A record of a synthetic task (made-up data generated in code: a demo, not a benchmark)."""
+    summary = rec.get("task")
+    return isinstance(summary, dict) and summary.get("synthetic") is True
+
+
+def without_synthetic(records: list[dict]) -> tuple[list[dict], list[str]]:
+    """``records`` less those of synthetic tasks, and those tasks' names (sorted). The
+    leaderboard and the report leave them out unless asked (``--include-synthetic``, ``--task``)."""
+    names = sorted({r["identity"]["task"] for r in records if is_synthetic(r)})
+    if not names:
+        return records, []
+    return [r for r in records if not is_synthetic(r)], names
+
+
+def only_synthetic_message(names: list[str]) -> str:
+    """The one-line error when every record left is of a synthetic task."""
+    return (f"the store holds only synthetic tasks ({', '.join(names)}), left out by default; add "
+            f"--include-synthetic, or name them with --task {','.join(names)}")
+
+
 def _split_key(rec: dict) -> str:
     return str((rec.get("split") or {}).get("test_rows_hash", ""))
 
@@ -396,18 +417,16 @@ def partial_rows(rows: list[dict]) -> dict[int, int]:
     early; its interval and tie group are provisional). A method's tuned and default rows of one
     (task, N) count together: ``run --params tuned`` runs the outer splits without tuned parameters
     with the defaults."""
+    def cell(r: dict) -> tuple:
+        return r["task"], r["n_shots"], r["property"], r["method"].replace(" (tuned)", "")
+
     most: dict[str, int] = {}
     pooled: dict[tuple, int] = {}
     for r in rows:
         count = int(r["reps"]) + int(r["failed"])
         most[r["task"]] = max(most.get(r["task"], 0), count)
-        key = (r["task"], r["n_shots"], r["property"], r["method"].replace(" (tuned)", ""))
-        pooled[key] = pooled.get(key, 0) + count
-    out = {}
-    for r in rows:
-        if pooled[(r["task"], r["n_shots"], r["property"], r["method"].replace(" (tuned)", ""))] < most[r["task"]]:
-            out[id(r)] = most[r["task"]]
-    return out
+        pooled[cell(r)] = pooled.get(cell(r), 0) + count
+    return {id(r): most[r["task"]] for r in rows if pooled[cell(r)] < most[r["task"]]}
 
 
 def partial_cells(rows: list[dict]) -> list[tuple[str, int, str]]:

@@ -51,6 +51,22 @@ def evaluate(y_true: np.ndarray, y_pred: np.ndarray, properties: tuple[str, ...]
     return {"per_property": per, "mean": mean}
 
 
+def relative_rmsep(rmsep: dict[str, float], reference: dict[str, float] | None) -> float:
+    """A record's relative RMSEP: the geometric mean over its properties of RMSEP / the RMSEP of
+    full_recalibration on the same outer test split (``reference``, property -> RMSEP); NaN when a
+    property has no positive reference or a ratio is not positive."""
+    if not reference or not rmsep:
+        return float("nan")
+    ratios = []
+    for prop, value in rmsep.items():
+        ref = reference.get(prop)
+        if ref is None or not ref > 0:
+            return float("nan")
+        ratios.append(value / ref)
+    r = np.asarray(ratios, dtype=float)
+    return float(np.exp(np.mean(np.log(r)))) if np.all(r > 0) else float("nan")
+
+
 def gap_closed(rmsep: float, rmsep_no_transfer: float, rmsep_full_recal: float) -> float:
     """(RMSEP_no_transfer - RMSEP) / (RMSEP_no_transfer - RMSEP_full_recalibration)."""
     denom = rmsep_no_transfer - rmsep_full_recal

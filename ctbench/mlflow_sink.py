@@ -124,22 +124,16 @@ TEST_ROWS_TAG = "ctbench.test_rows_hash"
 REFERENCE = "full_recalibration"
 
 
-def relative_rmsep(rmsep: dict[str, float], reference: dict[str, float] | None) -> float | None:
-    """Geometric mean over the properties of RMSEP / the reference's RMSEP; None when a property
-    lacks a reference, or a value is not a positive number."""
-    if not reference or not rmsep:
+def _relative(rmsep: dict[str, float], reference: dict[str, float] | None) -> float | None:
+    """The run's ``rel_rmsep`` (:func:`ctbench.metrics.relative_rmsep`, as the report computes
+    it per record), or None when it is not a finite number (no reference on the split yet)."""
+    from ctbench.metrics import relative_rmsep
+
+    try:
+        rel = relative_rmsep(rmsep, reference)
+    except (TypeError, ValueError):
         return None
-    logs = []
-    for prop, value in rmsep.items():
-        ref = reference.get(prop)
-        try:
-            ratio = float(value) / float(ref)
-        except (TypeError, ValueError, ZeroDivisionError):
-            return None
-        if not (math.isfinite(ratio) and ratio > 0):
-            return None
-        logs.append(math.log(ratio))
-    return math.exp(sum(logs) / len(logs))
+    return rel if math.isfinite(rel) else None
 
 
 def _rmsep_of(record: dict) -> dict[str, float]:
@@ -212,7 +206,7 @@ class References:
         """The record's relative RMSEP, or None (failed, or no reference on its split yet)."""
         if record.get("status") != "ok":
             return None
-        return relative_rmsep(_rmsep_of(record), self.of_task(record["identity"]["task"]).get(_split_of(record)))
+        return _relative(_rmsep_of(record), self.of_task(record["identity"]["task"]).get(_split_of(record)))
 
 
 def draft(record: dict, path: Path, data: bytes, key: str, relative: float | None = None) -> Draft:
@@ -804,7 +798,7 @@ class MlflowSink:
                     continue
                 values = []
                 for run_id, split, rmsep in self._runs.lacking(exp_id):
-                    rel = relative_rmsep(rmsep, refs.get(split))
+                    rel = _relative(rmsep, refs.get(split))
                     if rel is not None:
                         values.append((run_id, rel))
                 self._runs.add_metric(REL_METRIC, values)

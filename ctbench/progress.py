@@ -69,6 +69,16 @@ def is_terminal(console: Any = None) -> bool:
         return False
 
 
+def _print(text: str, console: Any = None, write: Callable[[str], None] | None = None) -> None:
+    """One plain line: to ``write`` if given, else the command's console (never read as markup), else stderr."""
+    if write is not None:
+        write(text)
+    elif console is not None:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
 class Progress:
     """One command's progress over ``total`` items (``unit``: "records", "trials", "steps").
 
@@ -230,12 +240,7 @@ class Progress:
         self._print(text)
 
     def _print(self, text: str) -> None:
-        if self._write is not None:
-            self._write(text)
-        elif self.console is not None:
-            self.console.print(text, markup=False, highlight=False, soft_wrap=True)
-        else:
-            print(text, file=sys.stderr, flush=True)
+        _print(text, self.console, self._write)
 
     def _heartbeat(self) -> None:
         """A line every ``interval`` seconds even while no item finishes (a slow item, a hang)."""
@@ -254,21 +259,13 @@ def stage_printer(label: str, console: Any = None, plain: bool | None = None,
     plain = (not is_terminal(console)) if plain is None else plain
     status: list[Any] = []
 
-    def out(text: str) -> None:
-        if write is not None:
-            write(text)
-        elif console is not None:
-            console.print(text, markup=False, highlight=False, soft_wrap=True)
-        else:
-            print(text, file=sys.stderr, flush=True)
-
     def say(stage: str | None) -> None:
         if stage is None:
             if status:
                 status.pop().stop()
             return
         if plain:
-            out(f"{label}: {stage} ({duration(time.monotonic() - t0)} elapsed)")
+            _print(f"{label}: {stage} ({duration(time.monotonic() - t0)} elapsed)", console, write)
             return
         from rich.text import Text
 

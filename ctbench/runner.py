@@ -277,14 +277,9 @@ def missing_references(task: Any, standard_rows: np.ndarray) -> dict[str, dict[s
     of the standards and of the test set have none (each left out of that property only)."""
     if not task.missing_references:
         return None
-
-    def count(rows: np.ndarray, j: int) -> int:
-        rows = np.asarray(rows, dtype=int)
-        return int(len(np.unique(task.groups[rows][np.isnan(task.y[rows, j])])))
-
-    return {p: {"calibration": count(task.pool_rows, j), "standards": count(standard_rows, j),
-                "test": count(task.test_rows, j)}
-            for j, p in enumerate(task.properties) if p in task.missing_references}
+    parts = {"calibration": task.missing_in(task.pool_rows), "standards": task.missing_in(standard_rows),
+             "test": task.missing_in(task.test_rows)}
+    return {p: {part: counts[p] for part, counts in parts.items()} for p in task.missing_references}
 
 
 # --- work packages ---------------------------------------------------------------------

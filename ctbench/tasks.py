@@ -114,12 +114,13 @@ class Task:
     def missing_references(self) -> dict[str, int]:
         """Property -> how many samples have no reference value for it (left out of that
         property's training and metrics only); only properties with missing values."""
-        out = {}
-        for j, p in enumerate(self.properties):
-            missing = np.isnan(self.y[:, j])
-            if missing.any():
-                out[p] = int(len(np.unique(self.groups[missing])))
-        return out
+        return {p: n for p, n in self.missing_in(np.arange(self.y.shape[0])).items() if n}
+
+    def missing_in(self, rows: np.ndarray) -> dict[str, int]:
+        """Property -> how many samples among ``rows`` have no reference value for it."""
+        rows = np.asarray(rows, dtype=int)
+        return {p: int(len(np.unique(self.groups[rows][np.isnan(self.y[rows, j])])))
+                for j, p in enumerate(self.properties)}
 
     def summary(self) -> dict[str, Any]:
         extra: dict[str, Any] = {}

@@ -358,44 +358,46 @@ def open_client(results_dir: Path | str, lazy: bool = False):
             return _connect(uri), None
         except Exception as exc:  # noqa: BLE001
             raise TrackingUnavailable(f"MLflow at {uri} is not usable ({_first_line(exc)})") from None
-    note = None
     with tracking_lock(results_dir), _no_stray_folder(path, uri):  # another ctbench may be creating the schema
-        problem = _sqlite_problem(path)
-        if problem:
-            raise TrackingUnavailable(problem)
-        why = _broken(path)
-        if why is None:
-            fresh = _fresh(path)
-            if fresh and from_template(path, results_dir):
-                tidy_store(path)
-                return (None, None) if lazy else (_connect(uri), None)
-            if lazy and schema_current(path):
-                tidy_store(path)
-                return None, None
-            try:
-                client = _connect(uri)
-            except Exception as exc:  # noqa: BLE001
-                why = _unusable_schema(exc, uri)
-                if why is None:
-                    raise TrackingUnavailable(f"the MLflow database {path} is not usable ({_first_line(exc)})") from None
-            else:
-                if fresh:
-                    save_template(path)  # the template stays as MLflow made it
-                tidy_store(path)
-                return client, None
-        _forget_engine(uri)
-        moved = _move_aside(path)
-        note = (f"the MLflow database {path} was {why}; moved it to {moved.name} and started a fresh one, "
-                f"filled from the records (the old file keeps any tuning runs)")
-        if from_template(path, results_dir):
-            tidy_store(path)
-            return (None, note) if lazy else (_connect(uri), note)
+        out = _open_sqlite(results_dir, uri, path, lazy)
+        tidy_store(path)  # ctbench's tags on its experiments, MLflow's empty Default hidden
+    return out
+
+
+def _open_sqlite(results_dir: Path | str, uri: str, path: Path, lazy: bool):
+    """:func:`open_client` for the SQLite store, called holding the lock: the store as it is,
+    copied from the template, or moved aside for a fresh one when beyond use."""
+    problem = _sqlite_problem(path)
+    if problem:
+        raise TrackingUnavailable(problem)
+    why = _broken(path)
+    if why is None:
+        fresh = _fresh(path)
+        if fresh and from_template(path, results_dir):
+            return (None, None) if lazy else (_connect(uri), None)
+        if lazy and schema_current(path):
+            return None, None
         try:
             client = _connect(uri)
         except Exception as exc:  # noqa: BLE001
-            raise TrackingUnavailable(f"cannot create a fresh MLflow database {path} ({_first_line(exc)})") from None
-        save_template(path)
-        tidy_store(path)
+            why = _unusable_schema(exc, uri)
+            if why is None:
+                raise TrackingUnavailable(f"the MLflow database {path} is not usable ({_first_line(exc)})") from None
+        else:
+            if fresh:
+                save_template(path)  # the template stays as MLflow made it
+            return client, None
+    _forget_engine(uri)
+    moved = _move_aside(path)
+    note = (f"the MLflow database {path} was {why}; moved it to {moved.name} and started a fresh one, "
+            f"filled from the records (the old file keeps any tuning runs)")
+    if from_template(path, results_dir):
+        return (None, note) if lazy else (_connect(uri), note)
+    try:
+        client = _connect(uri)
+    except Exception as exc:  # noqa: BLE001
+        raise TrackingUnavailable(f"cannot create a fresh MLflow database {path} ({_first_line(exc)})") from None
+    save_template(path)
     return client, note
 
 

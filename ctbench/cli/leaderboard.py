@@ -32,7 +32,8 @@ def leaderboard(
 
     Tasks on synthetic data are left out unless named with --task or asked with --include-synthetic. Rows with fewer repetitions than the others of their task (a run still going) are marked partial. The table leaves out the columns that do not fit the terminal (--wide shows them all); numbers are never cut."""
     from ctbench.leaderboard import (build_leaderboard, format_rows, missing_full_recalibration, mixed_code,
-                                     partial_cells, rich_table, terminal_layout)
+                                     only_synthetic_message, partial_cells, rich_table, terminal_layout,
+                                     without_synthetic)
     from ctbench.store import Store
 
     if fmt not in ("table", "md", "csv", "json"):
@@ -44,10 +45,9 @@ def leaderboard(
         if not records:
             fail(f"no records in {results_dir}/runs; run `ctbench run` first")
         if tasks is None and not include_synthetic:
-            records, synthetic = _without_synthetic(records)
+            records, synthetic = without_synthetic(records)
             if synthetic and not records:
-                fail(f"the store holds only synthetic tasks ({', '.join(synthetic)}), left out by default; add "
-                     f"--include-synthetic, or name them with --task {','.join(synthetic)}")
+                fail(only_synthetic_message(synthetic))
             if synthetic:
                 typer.echo(f"note: {len(synthetic)} synthetic task{'s' if len(synthetic) > 1 else ''} left out "
                            f"({', '.join(synthetic)}); add --include-synthetic to rank {'them' if len(synthetic) > 1 else 'it'}",
@@ -85,16 +85,6 @@ def leaderboard(
         typer.echo(f"wrote {out}", err=True)
     else:
         typer.echo(text)
-
-
-def _without_synthetic(records: list[dict]) -> tuple[list[dict], list[str]]:
-    """``records`` less those of tasks on synthetic data (``record["task"]["synthetic"]``), and
-    the names of those tasks."""
-    synthetic = sorted({r["identity"]["task"] for r in records if (r.get("task") or {}).get("synthetic")})
-    if not synthetic:
-        return records, []
-    left_out = set(synthetic)
-    return [r for r in records if r["identity"]["task"] not in left_out], synthetic
 
 
 def _expand(names: list[str]) -> list[str]:

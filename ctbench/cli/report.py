@@ -62,7 +62,7 @@ def report(
                                data_dir=data, band=band, task_version=task_version, method_version=method_version,
                                spectra=not no_spectra, blocks=blocks, include_synthetic=include_synthetic, say=say)
         except ReportError as exc:
-            say(None)
+            say(None)  # the status line stops before the error line is printed
             fail(str(exc))
         finally:
             say(None)

@@ -150,16 +150,17 @@ def _parse_axis_value(name: Any) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def _spectral_columns(df: Any, path: Path) -> tuple[list[Any], np.ndarray]:
-    """Columns whose header parses as a (finite) number, and that number as the axis."""
+def _spectral_columns(df: Any, path: Path, decimal: str = ".") -> tuple[list[Any], np.ndarray]:
+    """Columns whose header parses as a (finite) number (:func:`csv_axis_value`), and that number
+    as the axis."""
     cols, axis = [], []
     for c in df.columns:
-        v = _parse_axis_value(c)
+        v = csv_axis_value(c, decimal)
         if v is not None:
             cols.append(c)
             axis.append(v)
     if not cols:
-        raise DataError(f"{path}: no spectral columns (no column header parses as a number)")
+        raise DataError(f"{path}: no spectral columns (no column header parses as a number){_unit_header_hint(df.columns)}")
     return cols, np.asarray(axis, dtype=float)
 
 
@@ -1170,17 +1171,7 @@ def _csv_properties(props_opt: list[str] | None, refs: Any, frames: dict[str, tu
 
 def _csv_spectral(df: Any, layout: CsvLayout, chosen: list[str] | None, p: Path) -> tuple[list[str], np.ndarray]:
     if chosen is None:
-        cols, axis = [], []
-        for c in df.columns:
-            v = csv_axis_value(c, layout.decimal)
-            if v is not None:
-                cols.append(c)
-                axis.append(v)
-        if not cols:
-            raise DataError(
-                f"{p}: no spectral columns (no column header parses as a number){_unit_header_hint(df.columns)}"
-            )
-        return cols, np.asarray(axis, dtype=float)
+        return _spectral_columns(df, p, layout.decimal)
     for c in chosen:
         if c not in df.columns:
             raise _missing_column(p, c, df.columns, "spectral")

@@ -12,8 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from ctbench.leaderboard import REFERENCE_METHODS, consistent_records, method_label
-from ctbench.metrics import gap_closed
+from ctbench.leaderboard import (
+    REFERENCE_METHODS,
+    consistent_records,
+    method_label,
+    only_synthetic_message,
+    without_synthetic,
+)
+from ctbench.metrics import gap_closed, relative_rmsep
 
 ANCHORS = ("no_transfer", "full_recalibration")
 """The two ends of *gap closed*; their values do not depend on N."""
@@ -51,12 +57,6 @@ def is_ok(rec: dict[str, Any]) -> bool:
     return rec.get("status") == "ok" and bool(rec.get("metrics"))
 
 
-def is_synthetic(rec: dict[str, Any]) -> bool:
-    """A record of a synthetic task (made-up data generated in code: a demo, not a benchmark)."""
-    summary = rec.get("task")
-    return isinstance(summary, dict) and summary.get("synthetic") is True
-
-
 def read_store(
     results_dir: Path,
     tasks: list[str] | None = None,
@@ -86,16 +86,14 @@ def read_store(
     if not sel:
         raise ReportError(f"no records in {results_dir} match the task/version filters")
     if not include_synthetic and not tasks:  # tasks named with --task are reported, synthetic or not
-        left = [r for r in sel if is_synthetic(r)]
-        if left:
-            names = sorted({r["identity"]["task"] for r in left})
-            if len(left) == len(sel):
-                raise ReportError(f"the store holds only synthetic tasks ({', '.join(names)}), left out by default; "
-                                  f"add --include-synthetic, or name them with --task {','.join(names)}")
-            sel = [r for r in sel if not is_synthetic(r)]
+        kept, names = without_synthetic(sel)
+        if names:
+            if not kept:
+                raise ReportError(only_synthetic_message(names))
+            n_left, sel = len(sel) - len(kept), kept
             many = len(names) > 1
             notes.append(f"{len(names)} synthetic task{'s' if many else ''} ({', '.join(names)}: made-up data, "
-                         f"{len(left)} records) left out of the leaderboards, curves and significance tests; add "
+                         f"{n_left} records) left out of the leaderboards, curves and significance tests; add "
                          f"--include-synthetic, or name {'them' if many else 'it'} with --task, to report on "
                          f"{'them' if many else 'it'}")
     sel, skipped = consistent_records(sel)  # records that do not fit with the others: left out, named
@@ -158,10 +156,9 @@ def record_value(rec: dict[str, Any], metric: str, prop: str | None, refs: dict)
             if prop is None or prop not in fr or prop not in nt or prop not in per:
                 return float("nan")
             return gap_closed(per[prop]["rmsep"], nt[prop], fr[prop])
-        ratios = [per[p]["rmsep"] / fr[p] for p in props if p in per and p in fr and fr[p] > 0]
-        if len(ratios) != len(props) or not all(r > 0 for r in ratios):
+        if any(p not in per for p in props):
             return float("nan")
-        return float(np.exp(np.mean(np.log(ratios))))
+        return relative_rmsep({p: per[p]["rmsep"] for p in props}, fr)
     if prop is None:
         return float(rec["metrics"]["mean"].get(metric, np.nan))
     pp = per.get(prop)

@@ -139,6 +139,16 @@ def is_positive(value: Any) -> bool:
     return math.isfinite(v) and v > 0
 
 
+def is_positive_grid(values: Any) -> bool:
+    """``values`` is a non-empty sequence of numbers that are each :func:`is_positive` (a grid
+    of weights or penalties to choose from)."""
+    try:
+        items = list(values)
+    except TypeError:
+        return False
+    return bool(items) and all(is_positive(v) for v in items)
+
+
 def check_max_components(method: str, value: Any) -> None:
     """One-line ValueError unless ``max_components`` is a positive integer."""
     if not is_count(value, 1):

@@ -13,6 +13,7 @@ from ctbench.pls import _cap, _choose, _cv_folds, _n_folds, _sample_codes
 from ._common import (
     check_max_components,
     is_positive,
+    is_positive_grid,
     MAX_COMPONENTS,
     as_spectra,
     fit_source_pls,
@@ -132,11 +133,7 @@ class ModelUpdate(TransferMethod):
     def _check_params(self) -> None:
         if self.weight is not None and not is_positive(self.weight):
             raise ValueError(f"model_update: weight must be None or a positive number, got {self.weight!r}")
-        try:
-            grid = [float(w) for w in self.weights]
-        except (TypeError, ValueError):
-            grid = []
-        if not grid or not all(is_positive(w) for w in self.weights):
+        if not is_positive_grid(self.weights):
             raise ValueError(
                 f"model_update: weights must be a non-empty sequence of positive numbers, got {self.weights!r}"
             )

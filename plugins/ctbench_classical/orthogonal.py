@@ -24,6 +24,7 @@ from ._common import (
     check_max_components,
     is_count,
     is_positive,
+    is_positive_grid,
     MAX_COMPONENTS,
     as_spectra,
     fit_source_pls,
@@ -452,11 +453,7 @@ class GLSW(_OrthogonalTransfer):
     def _check_params(self) -> None:
         if self.alpha is not None and not is_positive(self.alpha):
             raise ValueError(f"glsw: alpha must be None or a positive number, got {self.alpha!r}")
-        try:
-            ok = len(self.alphas) > 0 and all(is_positive(a) for a in self.alphas)
-        except TypeError:
-            ok = False
-        if not ok:
+        if not is_positive_grid(self.alphas):
             raise ValueError(f"glsw: alphas must be a non-empty sequence of positive numbers, got {self.alphas!r}")
         if not isinstance(self.center, (bool, np.bool_)):
             raise ValueError(f"glsw: center must be True or False, got {self.center!r}")
