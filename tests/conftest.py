@@ -23,6 +23,22 @@ def pytest_configure(config):
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="mlflow")
 
 
+@pytest.fixture(scope="module")
+def synthetic_transfer():
+    """The synthetic task split by hand for direct method tests: (source calibration of 50 samples,
+    the first 10 of them as standards, the 30 other samples' target spectra and values)."""
+    from ctbench.data.synthetic import synthetic_dataset
+    from ctbench.method import SourceData, Standards
+
+    ds = synthetic_dataset(n_samples=80)
+    a, b = ds.instruments["synth_a"], ds.instruments["synth_b"]
+    cal, std, test = np.arange(0, 50), np.arange(0, 10), np.arange(50, 80)
+    source = SourceData(X=a.values[cal], y=a.y[cal], axis=a.axis, axis_unit=a.axis_unit, properties=ds.properties)
+    standards = Standards(X_source=a.values[std], X_target=b.values[std], y=a.y[std], axis=a.axis, axis_unit=a.axis_unit,
+                          properties=ds.properties)
+    return source, standards, b.values[test], b.y[test]
+
+
 @pytest.fixture
 def mirror() -> Path:
     if not MIRROR.is_dir():

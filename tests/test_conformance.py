@@ -25,7 +25,7 @@ from ctbench.testing import (
 # Torch-based methods take 20-60 s per fit with their defaults: the default suite checks them
 # in quick mode with few epochs (parameters filtered to those the class has), and the full
 # kit with default parameters runs in the slow suite.
-HEAVY = {"cnn", "lora_ct", "spektron", "spektron-ttt", "spektron-nopretrain", "spektron-fullft", "spektron-pds"}
+HEAVY = {"cnn", "lora_ct", "spektron-lora", "spektron-ttt", "spektron-lora-nopretrain", "spektron-fullft", "spektron-pds"}
 # (the Spektron methods' quick check runs in tests/test_spektron_method.py with a tiny checkpoint)
 _SPEKTRON_FAST = {"transfer_steps": 10, "ttt_steps": 5, "mc_samples": 4, "finetune_steps": 10, "conformal_folds": 2}
 FAST_PARAMS = {
@@ -34,11 +34,11 @@ FAST_PARAMS = {
     # the Spektron variants share spektron's code (its full kit runs in the slow suite); their
     # own conformance runs in quick mode with short schedules to keep CI well inside its budget
     "spektron-ttt": _SPEKTRON_FAST,
-    "spektron-nopretrain": _SPEKTRON_FAST,
+    "spektron-lora-nopretrain": _SPEKTRON_FAST,
     "spektron-fullft": _SPEKTRON_FAST,
     "spektron-pds": _SPEKTRON_FAST,
 }
-QUICK_ONLY = {"spektron-ttt", "spektron-nopretrain", "spektron-fullft", "spektron-pds"}
+QUICK_ONLY = {"spektron-ttt", "spektron-lora-nopretrain", "spektron-fullft", "spektron-pds"}
 
 
 def _method_cases() -> list:

@@ -236,12 +236,12 @@ def test_spektron_takes_native_axes_and_spektron_pds_refuses_them(tmp_path):
     from ctbench_spektron.pretrain import run_pretraining
 
     methods = load_methods()
-    assert methods["spektron"].cls.tags.native_axes and not methods["spektron-pds"].cls.tags.native_axes
+    assert methods["spektron-lora"].cls.tags.native_axes and not methods["spektron-pds"].cls.tags.native_axes
     weights = run_pretraining("synthetic", {"size": "tiny", "steps": 2, "batch_size": 4, "out": str(tmp_path / "w"),
                                             "mlflow": False, "progress": False, "num_threads": 1})["weights"]
     _synthetic_files(tmp_path, axes={"a": np.arange(1000.0, 1200.0, 2.0), "b": np.arange(1010.0, 1250.0, 5.0)})
     task = build_task(load_card(_card(tmp_path, "nat", ["fat"], "alignment: {mode: native}\n")))
-    cls = methods["spektron"].cls
+    cls = methods["spektron-lora"].cls
     fast = {"transfer_steps": 5, "conformal_folds": 2, "mc_samples": 4, "checkpoint": weights, "random_state": 0}
     m = cls(**fast).fit(source_for(task, cls))
     m.transfer(standards_for(task, task.pool_rows[:10], cls))

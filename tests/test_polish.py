@@ -153,7 +153,7 @@ def test_bench_sweep_prints_progress_lines(tmp_path):
 
 def test_pretrain_prints_progress_lines(tmp_path):
     pytest.importorskip("torch")
-    res = invoke("pretrain", "-m", "spektron", "--size", "tiny", "--steps", "3", "--batch-size", "4", "--corpus",
+    res = invoke("pretrain", "-m", "spektron-lora", "--size", "tiny", "--steps", "3", "--batch-size", "4", "--corpus",
                  "synthetic", "--no-mlflow", "--out", str(tmp_path / "p"), "--param", "log_every=1", "--threads", "1")
     assert res.exit_code == 0, res.output
     lines = plain_lines(res.output, "pretrain")

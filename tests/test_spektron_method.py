@@ -14,14 +14,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ctbench.data.synthetic import synthetic_dataset  # noqa: E402
-from ctbench.method import SourceData, Standards  # noqa: E402
+from ctbench.method import Standards  # noqa: E402
 from ctbench.plugins import load_methods  # noqa: E402
 from ctbench_spektron import Spektron  # noqa: E402
 from ctbench_spektron.checkpoint import DEFAULT_WEIGHTS, sha256_of  # noqa: E402
 from ctbench_spektron.pretrain import run_pretraining  # noqa: E402
 
-VARIANTS = ("spektron", "spektron-ttt", "spektron-nopretrain", "spektron-fullft", "spektron-pds")
+VARIANTS = ("spektron-lora", "spektron-ttt", "spektron-lora-nopretrain", "spektron-fullft", "spektron-pds")
 FAST = {"transfer_steps": 15, "ttt_steps": 4, "conformal_folds": 2, "finetune_steps": 5, "mc_samples": 8}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -36,14 +35,8 @@ def tiny_weights(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def task():
-    ds = synthetic_dataset(n_samples=80)
-    a, b = ds.instruments["synth_a"], ds.instruments["synth_b"]
-    cal, std, test = np.arange(0, 50), np.arange(0, 10), np.arange(50, 80)
-    source = SourceData(X=a.values[cal], y=a.y[cal], axis=a.axis, axis_unit=a.axis_unit, properties=ds.properties)
-    standards = Standards(X_source=a.values[std], X_target=b.values[std], y=a.y[std], axis=a.axis, axis_unit=a.axis_unit,
-                          properties=ds.properties)
-    return source, standards, b.values[test], b.y[test]
+def task(synthetic_transfer):
+    return synthetic_transfer
 
 
 def _cls(name):
@@ -68,10 +61,10 @@ def test_variants_registered_with_their_tags():
     for name in VARIANTS:
         cls = methods[name].cls
         assert cls.name == name and methods[name].plugin == "spektron" and cls.has_search_space()
-    assert not _cls("spektron").tags.transductive and _cls("spektron").tags.min_shots == 2
+    assert not _cls("spektron-lora").tags.transductive and _cls("spektron-lora").tags.min_shots == 2
     ttt = _cls("spektron-ttt").tags
     assert ttt.zero_shot and ttt.transductive and ttt.min_shots == 0
-    assert _cls("spektron-nopretrain")().pretrained is False
+    assert _cls("spektron-lora-nopretrain")().pretrained is False
     assert _cls("spektron-fullft")().adapter == "full"
     assert _cls("spektron-pds")().pds_first is True
     assert Spektron.has_pretrain()
@@ -264,13 +257,13 @@ def test_zero_shot_test_time_training(tiny_weights, task):
     assert np.isfinite(both).all()
 
 
-@pytest.mark.parametrize("name", ["spektron-nopretrain", "spektron-fullft", "spektron-pds"])
+@pytest.mark.parametrize("name", ["spektron-lora-nopretrain", "spektron-fullft", "spektron-pds"])
 def test_ablation_variants_run(tiny_weights, task, name):
     source, standards, X_test, _ = task
     m = _cls(name)(checkpoint=tiny_weights, random_state=2, readout="mamba1", **FAST).fit(source)
     pred = copy.deepcopy(m).transfer(standards).predict(X_test)
     assert pred.shape == (30, 2) and np.isfinite(pred).all()
-    if name == "spektron-nopretrain":
+    if name == "spektron-lora-nopretrain":
         ref = Spektron(checkpoint=tiny_weights, random_state=2, readout="mamba1", **FAST).fit(source)
         assert not np.allclose(ref.predict(X_test), m.predict(X_test))
     if name == "spektron-pds":
@@ -299,7 +292,7 @@ def test_bad_parameters_and_order_are_clear_errors(tiny_weights, task):
                                             standards.axis, standards.axis_unit, standards.properties))
 
 
-@pytest.mark.parametrize("name", ["spektron-ttt", pytest.param("spektron", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["spektron-ttt", pytest.param("spektron-lora", marks=pytest.mark.slow)])
 def test_conformance_kit_quick(tiny_weights, name):
     """Quick kit with a tiny checkpoint (the full kit with the default one: tests/test_conformance.py, slow)."""
     from ctbench.testing import check_method
@@ -316,10 +309,10 @@ def test_run_records_interval_coverage_and_marks_transductive_runs(tiny_weights,
 
     params = {"checkpoint": tiny_weights, "readout": "mamba1", **FAST}
     results = []
-    for spec, shots in ((MethodSpec("spektron", params), [10]), (MethodSpec("spektron-ttt", params), [0, 10])):
+    for spec, shots in ((MethodSpec("spektron-lora", params), [10]), (MethodSpec("spektron-ttt", params), [0, 10])):
         results += execute(plan_runs([spec], ["synthetic_a_b"], shots, 1, 0, tmp_path), 1, lambda status, path: None)
     records = [json.loads(open(p).read()) for _, p in results]
-    assert {(r["method"]["name"], r["n_shots"]) for r in records} == {("spektron", 10), ("spektron-ttt", 0), ("spektron-ttt", 10)}
+    assert {(r["method"]["name"], r["n_shots"]) for r in records} == {("spektron-lora", 10), ("spektron-ttt", 0), ("spektron-ttt", 10)}
     for r in records:
         assert r["status"] == "ok", r.get("error")
         iv = r["metrics"]["intervals"]
@@ -335,13 +328,13 @@ def test_run_records_interval_coverage_and_marks_transductive_runs(tiny_weights,
                       tmp_path), 1, lambda status, path: None)
     out = tmp_path / "h2h.md"
     assert headtohead.main(["--results-dir", str(tmp_path), "--tasks", "synthetic_a_b", "--out", str(out),
-                            "--spektron", "spektron[" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + "]"]) == 0
+                            "--spektron", "spektron-lora[" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + "]"]) == 0
     text = out.read_text()
-    assert "| synthetic_a_b | analyte_a |" in text and "pds " in text and "**Cells won**:" in text
-    assert "## Zero-shot (N = 0)" in text and "## Prediction intervals" in text and "## Timings" in text
-    # the leaderboard-v2 verdicts: relative RMSEP with tie groups against pds at N = 10 and N = 30
-    assert "## Leaderboard-v2 verdicts" in text and "| synthetic_a_b | analyte_a | " in text.split("### Against")[1]
-    assert text.count("(task, property) cells.") == 2
+    assert "## 1. Ablation" in text and "## 2. Head-to-head" in text and "## Timings and transfer paths" in text
+    h2h = text.split("## 2. Head-to-head")[1]
+    assert "| synthetic_a_b | analyte_a | " in h2h.split("### (b) Against best classical at N = 10")[1] and "pds " in h2h
+    assert text.count("cells; not worse in") == 2  # (b) and (c); (a) has no model_update records in this store
+    assert "## Zero-shot (N = 0)" in text and "## Prediction intervals" in text
 
 
 # --- the committed checkpoint ------------------------------------------------------------------------

@@ -110,7 +110,7 @@ def test_unknown_pretraining_option_is_a_one_line_error(tmp_path):
 
 
 def test_cli_pretrain_writes_weights(tmp_path):
-    res = CliRunner().invoke(app, ["pretrain", "--method", "spektron", "--corpus", "synthetic", "--size", "tiny",
+    res = CliRunner().invoke(app, ["pretrain", "--method", "spektron-lora", "--corpus", "synthetic", "--size", "tiny",
                                    "--steps", "1", "--batch-size", "4", "--out", str(tmp_path / "run"), "--no-mlflow",
                                    "--threads", "1", "--seed", "5"])
     assert res.exit_code == 0, res.output
@@ -123,7 +123,7 @@ def test_cli_pretrain_with_mlflow_and_method_lookup(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
     out = tmp_path / "run"
-    res = runner.invoke(app, ["pretrain", "--method", "spektron", "--corpus", "synthetic", "--size", "tiny", "--steps", "2",
+    res = runner.invoke(app, ["pretrain", "--method", "spektron-lora", "--corpus", "synthetic", "--size", "tiny", "--steps", "2",
                               "--batch-size", "4", "--out", str(out), "--results-dir", str(tmp_path / "results"),
                               "--threads", "1", "--param", "log_every=1", "--param", "weights.ot=0"])
     assert res.exit_code == 0, res.output
@@ -159,13 +159,13 @@ def test_cli_errors_are_one_line(tmp_path):
     assert res.exit_code == 2 and "does not support pretraining" in res.output
     res = runner.invoke(app, ["pretrain", "--method", "spektrn", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "did you mean 'spektron'" in res.output
-    res = runner.invoke(app, ["pretrain", "--method", "spektron", "--corpus", "rruff,synthtic", "--out", str(tmp_path)])
+    res = runner.invoke(app, ["pretrain", "--method", "spektron-lora", "--corpus", "rruff,synthtic", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "did you mean 'synthetic'" in res.output
-    res = runner.invoke(app, ["pretrain", "--method", "spektron", "--size", "huge", "--corpus", "synthetic",
+    res = runner.invoke(app, ["pretrain", "--method", "spektron-lora", "--size", "huge", "--corpus", "synthetic",
                               "--out", str(tmp_path), "--no-mlflow"])
     assert res.exit_code == 2 and "unknown Spektron size 'huge'" in res.output
     if not torch.cuda.is_available():
-        res = runner.invoke(app, ["pretrain", "--method", "spektron", "--size", "tiny", "--corpus", "synthetic",
+        res = runner.invoke(app, ["pretrain", "--method", "spektron-lora", "--size", "tiny", "--corpus", "synthetic",
                                   "--device", "cuda", "--out", str(tmp_path / "c"), "--no-mlflow"])
         assert res.exit_code == 2 and "CUDA is not available" in res.output
 
@@ -174,7 +174,7 @@ def test_torchrun_ddp_two_cpu_processes_on_gloo(tmp_path):  # ~7-15 s: two proce
     out = tmp_path / "ddp"
     env = os.environ | {"CTBENCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ctbench", "pretrain",
-           "--method", "spektron", "--corpus", "synthetic", "--size", "tiny", "--steps", "3", "--batch-size", "4",
+           "--method", "spektron-lora", "--corpus", "synthetic", "--size", "tiny", "--steps", "3", "--batch-size", "4",
            "--out", str(out), "--no-mlflow", "--threads", "1", "--checkpoint-every", "2"]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=170)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]

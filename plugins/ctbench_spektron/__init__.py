@@ -2,10 +2,16 @@
 
 Importing this package is cheap (no torch): the network, pretraining and corpus code live in
 submodules that import torch when used. Registered through the ``ctbench`` entry-point group:
-the ``spektron`` method (``ctbench run --method spektron``), its variants ``spektron-ttt``
-(zero-shot, transductive), ``spektron-nopretrain``, ``spektron-fullft`` and ``spektron-pds``
-(ablations), and its pretraining corpora
-(``ctbench pretrain --method spektron --corpus rruff,fermentation,synthetic``).
+
+* ``spektron`` (v3, ``translate_method``): the pretrained instrument translator (``translator``,
+  pretrained on simulated instrument pairs by ``ctbench pretrain --method spektron``) simulates the
+  target instrument's view of the source calibration; model updating on top; the path (or the
+  plain model-update fallback) chosen by cross-validation on the standards. ``spektron-nopretrain``:
+  the same with the translator randomly initialised (ablation).
+* ``spektron-lora`` (v2, ``method``): the wavelet-Mamba-MoE-Transformer backbone with a ridge head and
+  LoRA transfer (``ctbench pretrain --method spektron-lora``), and its variants ``spektron-ttt``
+  (zero-shot, transductive), ``spektron-lora-nopretrain``, ``spektron-fullft``, ``spektron-pds``.
+* the pretraining corpora (``--corpus rruff,fermentation,synthetic``).
 """
 
 from __future__ import annotations

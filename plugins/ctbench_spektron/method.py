@@ -1,4 +1,5 @@
-"""The Spektron calibration-transfer methods: a pretrained backbone, a ridge head, LoRA transfer.
+"""The Spektron-LoRA calibration-transfer methods (``spektron-lora``, v2): a pretrained backbone, a
+ridge head, LoRA transfer. (The headline ``spektron`` method, v3, is in ``translate_method``.)
 
 fit        source spectra -> backbone -> readout features (token states of one stage + two
            intensity statistics) -> ridge head (penalty per property by grouped 5-fold CV). The
@@ -15,7 +16,7 @@ predict    target spectra -> adapted backbone -> head: (n, k); ``predict_interva
            90 % intervals (``interval_alpha``).
 
 Variants (their own method names, for ablations): ``spektron-ttt`` (zero-shot / transductive:
-test-time training on the unlabelled target spectra), ``spektron-nopretrain`` (random
+test-time training on the unlabelled target spectra), ``spektron-lora-nopretrain`` (random
 initialisation), ``spektron-fullft`` (full fine-tuning of the adapted stages instead of LoRA),
 ``spektron-pds`` (PDS correction first, the network learns what is left). torch is imported
 only inside methods, so listing methods stays instant.
@@ -143,7 +144,7 @@ def _as_2d(y: Any) -> np.ndarray:
 class Spektron(TransferMethod):
     """Spektron: pretrained wavelet-Mamba-MoE-Transformer backbone, ridge head, LoRA transfer."""
 
-    name = "spektron"
+    name = "spektron-lora"
     version = "2"
     tags = Tags(min_shots=2, multi_target=True, native_axes=True)
     description = ("Spektron foundation model: token-level ridge head on the pretrained backbone, LoRA transfer "
@@ -722,8 +723,8 @@ class SpektronTTT(Spektron):
 class SpektronNoPretrain(Spektron):
     """Ablation: the same architecture and transfer, randomly initialised (no pretraining)."""
 
-    name = "spektron-nopretrain"
-    description = "Spektron ablation: random initialisation instead of the pretrained weights, same head and LoRA transfer"
+    name = "spektron-lora-nopretrain"
+    description = "Spektron-LoRA ablation: random initialisation instead of the pretrained weights, same head and LoRA transfer"
     __init__ = _with_defaults(pretrained=False)
 
 
@@ -745,4 +746,7 @@ class SpektronPDS(Spektron):
     __init__ = _with_defaults(pds_first=True)
 
 
-METHODS = [Spektron, SpektronTTT, SpektronNoPretrain, SpektronFullFT, SpektronPDS]
+from .translate_method import SpektronTranslate, SpektronTranslateNoPretrain  # noqa: E402  (numpy only at import)
+
+METHODS = [SpektronTranslate, SpektronTranslateNoPretrain, Spektron, SpektronTTT, SpektronNoPretrain, SpektronFullFT,
+           SpektronPDS]
