@@ -65,7 +65,7 @@ def methods(
         typer.echo(json.dumps(rows, indent=1))
     else:
         columns = [_Col("name"), _Col("version", extra=2), _Col("plugin", extra=3), _Col("distribution", extra=4),
-                   _Col("min N"), _Col("flags", wrap=12, words=True), _Col("description", wrap=30, extra=1)]
+                   _Col("min N"), _Col("flags", wrap=12, words=True), _Col("description", wrap=24, extra=1)]
         cells = []
         for r in rows:
             dist = "built-in" if r["builtin"] else f"{r['distribution']} {r['distribution_version']}".strip()
