@@ -15,7 +15,8 @@ torch = pytest.importorskip("torch")
 
 from ctbench.plugins import load_methods  # noqa: E402
 from ctbench_spektron.translate_method import PATHS, SpektronTranslate, default_translator  # noqa: E402
-from ctbench_spektron.translator import TranslatorConfig, load, new_model, resample, upsample  # noqa: E402
+from ctbench_spektron.grid import interp_rows  # noqa: E402
+from ctbench_spektron.translator import TranslatorConfig, load, new_model, resample  # noqa: E402
 from ctbench_spektron.translator_pretrain import losses, make_batch, run_pretraining  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -43,10 +44,12 @@ def test_registered_and_cheap_to_list():
     assert SpektronTranslate.has_pretrain() and SpektronTranslate.tags.min_shots == 2
 
 
-def test_resample_and_upsample_round_trip_a_smooth_spectrum():
+def test_resample_round_trips_a_smooth_spectrum_and_is_np_interp():
     axis = np.linspace(1100, 2500, 700)
     X = np.sin(axis / 90.0)[None, :] + np.cos(axis / 300.0)[None, :]
-    back = upsample(axis, resample(axis, X, 512))
+    R = resample(axis, X, 512)
+    np.testing.assert_allclose(R[0], np.interp(np.linspace(1100, 2500, 512), axis, X[0]), rtol=0, atol=1e-12)
+    back = interp_rows(np.linspace(1100, 2500, 512), R, axis)
     assert np.abs(back - X).max() < 1e-3
 
 

@@ -47,9 +47,15 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def export_weights(model, path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Write the weights-only file and its JSON manifest (with sha256); returns the manifest."""
+    return write_weights(path, {"format": WEIGHTS_FORMAT, "model_config": model.cfg.to_dict()}, model, manifest)
+
+
+def write_weights(path: Path, header: dict[str, Any], model, manifest: dict[str, Any]) -> dict[str, Any]:
+    """``header`` (format, configuration) + the model's state dict + ``manifest`` as one torch file,
+    and beside it ``<name>.json``: the manifest with the file's name, sha256 and size (returned)."""
+    path = Path(path)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    atomic_torch_save({"format": WEIGHTS_FORMAT, "model_config": model.cfg.to_dict(), "state_dict": state,
-                       "manifest": json.loads(json.dumps(manifest))}, path)
+    atomic_torch_save({**header, "state_dict": state, "manifest": json.loads(json.dumps(manifest))}, path)
     full = dict(manifest)
     full["weights_file"] = path.name
     full["weights_sha256"] = sha256_of(path)

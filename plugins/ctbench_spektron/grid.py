@@ -34,12 +34,16 @@ def resample_to_grid(values: np.ndarray, axis: np.ndarray, n_points: int) -> tup
         keep = np.concatenate([[True], np.diff(axis) > 0])
         axis, values = axis[keep], values[:, keep]
     lo, hi = float(axis[0]), float(axis[-1])
-    grid = np.linspace(lo, hi, n_points)
-    # np.interp row by row is exact and cheap; a vectorised form via searchsorted:
-    idx = np.clip(np.searchsorted(axis, grid, side="right") - 1, 0, axis.size - 2)
-    frac = (grid - axis[idx]) / (axis[idx + 1] - axis[idx])
-    out = values[:, idx] * (1.0 - frac) + values[:, idx + 1] * frac
-    return out.astype(np.float32), lo, hi
+    return interp_rows(axis, values, np.linspace(lo, hi, n_points)).astype(np.float32), lo, hi
+
+
+def interp_rows(axis: np.ndarray, X: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Linear interpolation of every row of X (n, p) on the ascending ``axis`` (p,) at ``points``
+    (clamped to the axis range): np.interp row by row, vectorised."""
+    pts = np.clip(points, axis[0], axis[-1])
+    i = np.clip(np.searchsorted(axis, pts, side="right") - 1, 0, axis.size - 2)
+    w = (pts - axis[i]) / (axis[i + 1] - axis[i])
+    return X[:, i] * (1.0 - w) + X[:, i + 1] * w
 
 
 def token_positions(lo: np.ndarray, hi: np.ndarray, unit: np.ndarray | str, n_points: int, patch: int) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,6 @@ only inside methods, so listing methods stays instant.
 from __future__ import annotations
 
 import copy
-import inspect
 import sys
 import threading
 from contextlib import contextmanager
@@ -35,6 +34,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from ctbench.method import SourceData, Standards, Tags, TransferMethod
+
+from .variant import with_defaults
 
 _MODEL_CACHE: dict[tuple, Any] = {}
 _LOCK = threading.Lock()
@@ -679,28 +680,6 @@ class Spektron(TransferMethod):
         return run_pretraining(corpus, config)
 
 
-def _with_defaults(**overrides: Any) -> Any:
-    """An ``__init__`` for a Spektron variant: Spektron's parameters with other defaults.
-
-    The variant keeps every parameter (so ``get_params``, cloning and ``--param`` work the same),
-    and its signature, which the harness reads, shows the variant's own defaults.
-    """
-    base = inspect.signature(Spektron.__init__)
-    unknown = set(overrides) - set(base.parameters)
-    if unknown:
-        raise TypeError(f"not Spektron parameters: {sorted(unknown)}")
-    sig = base.replace(parameters=[p.replace(default=overrides[p.name]) if p.name in overrides else p
-                                   for p in base.parameters.values()])
-
-    def __init__(self: Spektron, *args: Any, **kwargs: Any) -> None:
-        bound = sig.bind(self, *args, **kwargs)
-        bound.apply_defaults()
-        Spektron.__init__(*bound.args, **bound.kwargs)
-
-    __init__.__signature__ = sig  # type: ignore[attr-defined]
-    return __init__
-
-
 class SpektronTTT(Spektron):
     """Zero-shot Spektron: test-time training (masked reconstruction + feature-moment matching)
     of the adapters on the unlabelled target spectra; with standards, their terms are added."""
@@ -708,7 +687,7 @@ class SpektronTTT(Spektron):
     name = "spektron-ttt"
     tags = Tags(min_shots=0, zero_shot=True, transductive=True, multi_target=True, native_axes=True)
     description = "Spektron zero-shot: LoRA test-time training on the unlabelled target spectra (transductive)"
-    __init__ = _with_defaults(ttt_steps=40, moments_weight=10.0)
+    __init__ = with_defaults(Spektron, ttt_steps=40, moments_weight=10.0)
 
     @classmethod
     def search_space(cls, trial: Any) -> dict[str, Any]:
@@ -725,7 +704,7 @@ class SpektronNoPretrain(Spektron):
 
     name = "spektron-lora-nopretrain"
     description = "Spektron-LoRA ablation: random initialisation instead of the pretrained weights, same head and LoRA transfer"
-    __init__ = _with_defaults(pretrained=False)
+    __init__ = with_defaults(Spektron, pretrained=False)
 
 
 class SpektronFullFT(Spektron):
@@ -733,7 +712,7 @@ class SpektronFullFT(Spektron):
 
     name = "spektron-fullft"
     description = "Spektron ablation: full fine-tuning of the adapted stages instead of LoRA adapters"
-    __init__ = _with_defaults(adapter="full")
+    __init__ = with_defaults(Spektron, adapter="full")
 
 
 class SpektronPDS(Spektron):
@@ -743,7 +722,7 @@ class SpektronPDS(Spektron):
     name = "spektron-pds"
     tags = Tags(min_shots=2, multi_target=True)  # PDS needs both instruments on one axis
     description = "Spektron on PDS-corrected target spectra: PDS first, the LoRA-adapted network learns the residual"
-    __init__ = _with_defaults(pds_first=True)
+    __init__ = with_defaults(Spektron, pds_first=True)
 
 
 from .translate_method import SpektronTranslate, SpektronTranslateNoPretrain  # noqa: E402  (numpy only at import)

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .simulator import _interp_rows, difference_range, gaussian_blur
+from .grid import interp_rows
+from .simulator import difference_range, gaussian_blur
 
 _MAD = 1.4826
 UNRELIABLE = 0.5
@@ -49,7 +50,7 @@ def _uniform(axis: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if np.allclose(d, d.mean(), rtol=1e-3, atol=0):
         return axis, X
     u = np.linspace(axis[0], axis[-1], axis.size)
-    return u, _interp_rows(axis, X, u)
+    return u, interp_rows(axis, X, u)
 
 
 def _design(src: np.ndarray, t: np.ndarray, quad: bool = True) -> np.ndarray:
@@ -62,7 +63,7 @@ def _transform(u, Xs, Xt, shift, bw):
     """(source rows broadened if bw > 0 and shifted, target rows broadened if bw < 0)."""
     src = gaussian_blur(u, Xs, bw) if bw > 0 else Xs
     tgt = gaussian_blur(u, Xt, -bw) if bw < 0 else Xt
-    return _interp_rows(u, src, u - shift), tgt
+    return interp_rows(u, src, u - shift), tgt
 
 
 def _fit(u, ms, mt, t, sel, shift, bw, quad=True):

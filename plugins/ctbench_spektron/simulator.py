@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .grid import interp_rows
+
 DOMAINS = ("NIR", "Raman")
 
 # Per-domain ranges: parameter -> (low, high). A parameter a domain does not use is absent here
@@ -167,14 +169,6 @@ def gaussian_blur(axis: np.ndarray, X: np.ndarray, fwhm: float) -> np.ndarray:
     return Y[..., pad:pad + p]
 
 
-def _interp_rows(axis: np.ndarray, X: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Linear interpolation of every row of X (on ascending ``axis``) at ``points`` (clamped)."""
-    pts = np.clip(points, axis[0], axis[-1])
-    i = np.clip(np.searchsorted(axis, pts, side="right") - 1, 0, axis.size - 2)
-    w = (pts - axis[i]) / (axis[i + 1] - axis[i])
-    return X[:, i] * (1.0 - w) + X[:, i + 1] * w
-
-
 def observe(axis: np.ndarray, spectra: np.ndarray, instrument: dict[str, float], grid: np.ndarray,
             rng: np.random.Generator, domain: str) -> np.ndarray:
     """What ``instrument`` reports on ``grid`` for true ``spectra`` (n, p) on the fine ``axis``.
@@ -208,7 +202,7 @@ def observe(axis: np.ndarray, spectra: np.ndarray, instrument: dict[str, float],
     t = 2.0 * (grid - grid[0]) / (grid[-1] - grid[0]) - 1.0 if grid.size > 1 else np.zeros_like(grid)
     q = t**2 - 1.0 / 3.0
     d = p_["shift"] + p_["stretch"] * t + p_["warp"] * q
-    Y = _interp_rows(axis, X, grid - d)
+    Y = interp_rows(axis, X, grid - d)
 
     # 4. detector nonlinearity
     c = p_["nonlinearity"]

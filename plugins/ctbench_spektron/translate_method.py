@@ -39,6 +39,8 @@ import numpy as np
 
 from ctbench.method import SourceData, Standards, Tags, TransferMethod
 
+from .variant import with_defaults
+
 PATHS = ("model_update", "simulate+update", "simulate")
 _CACHE: dict[tuple, Any] = {}
 _LOCK = threading.Lock()
@@ -107,9 +109,6 @@ class SpektronTranslate(TransferMethod):
             raise ValueError(f"spektron: refine_steps must be a non-negative integer, got {self.refine_steps!r}")
         if not (isinstance(self.prior, (int, float)) and not isinstance(self.prior, bool) and self.prior >= 0):
             raise ValueError(f"spektron: prior must be a non-negative number, got {self.prior!r}")
-
-    def __getstate__(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
     # --- the network ----------------------------------------------------------------------------
     def _net(self) -> Any:
@@ -205,9 +204,9 @@ class SpektronTranslate(TransferMethod):
                 chosen = paths[best]
             else:
                 chosen = "model_update" if self.path == "auto" else self.path
-            rows = np.arange(src_X.shape[0])
-            self.model_ = self._fit_path(chosen, rows, standards, np.arange(Xt.shape[0]), samples, held_source,
-                                         theta, stats, full=up)
+            sim = None if chosen == "model_update" else self._simulate(src_X, theta, stats)
+            self.model_ = self._fit_path(chosen, np.arange(src_X.shape[0]), standards, np.arange(Xt.shape[0]), samples,
+                                         held_source, theta, stats, sim=sim, full=up)
         self.path_ = chosen
         self.theta_, self.theta_network_ = theta, theta0
         self.cv_scores_ = None if scores is None else {p: float(s) for p, s in zip(paths, scores)}
@@ -215,35 +214,34 @@ class SpektronTranslate(TransferMethod):
 
     def _fit_path(self, path: str, src_rows: np.ndarray, standards: Standards, std_rows: np.ndarray,
                   samples: list[np.ndarray], held_source: list[np.ndarray], theta: np.ndarray, stats: tuple,
-                  full: Any = None, cache: dict | None = None) -> Any:
-        """The fitted predictor of a path on source rows ``src_rows`` and standard rows ``std_rows``;
+                  sim: np.ndarray | None = None, full: Any = None, cache: dict | None = None) -> Any:
+        """The fitted predictor of a path on source rows ``src_rows`` and standard rows ``std_rows``.
+        ``sim``: the simulated target view of the whole source calibration (the simulate paths);
         ``full``: the model_update already fitted on the whole source calibration (reused);
-        ``cache``: source models already fitted in this fold, by simulated or not."""
+        ``cache``: the source models already fitted in this fold, keyed by simulated or not."""
         from ctbench_classical.model_update import ModelUpdate
 
         src = self.source_
-        X = np.asarray(src.X, dtype=np.float64)
-        Xs = np.asarray(standards.X_source, dtype=np.float64)
-        if path != "model_update":
-            sim = self._simulate(X, theta, stats)
-            Xs = Xs.copy()
-            for rows, hit in zip(samples, held_source):  # a standard's simulated source view = its row's
-                Xs[rows] = sim[hit[0]] if hit.size == 1 and rows.size == 1 else self._simulate(Xs[rows], theta, stats)
-            X = sim
-        g = None if src.groups is None else np.asarray(src.groups)[src_rows]
-        key = path != "model_update"
-        if full is not None and not key:
+        simulated = path != "model_update"
+        if full is not None and not simulated:
             up = copy.deepcopy(full)
-        elif cache is not None and key in cache:
-            up = copy.deepcopy(cache[key])
+        elif cache is not None and simulated in cache:
+            up = copy.deepcopy(cache[simulated])
         else:
+            X = sim if simulated else np.asarray(src.X, dtype=np.float64)
+            g = None if src.groups is None else np.asarray(src.groups)[src_rows]
             up = ModelUpdate().fit(SourceData(X=X[src_rows], y=np.asarray(src.y)[src_rows], axis=src.axis,
                                               axis_unit=src.axis_unit, properties=src.properties,
                                               instrument=src.instrument, groups=g))
             if cache is not None:
-                cache[key] = copy.deepcopy(up)
+                cache[simulated] = copy.deepcopy(up)
         if path == "simulate":
             return up.source_model_
+        Xs = np.asarray(standards.X_source, dtype=np.float64)
+        if simulated:  # a standard's simulated source view is its calibration row's
+            Xs = Xs.copy()
+            for rows, hit in zip(samples, held_source):
+                Xs[rows] = sim[hit[0]] if hit.size == 1 and rows.size == 1 else self._simulate(Xs[rows], theta, stats)
         sg = None if standards.groups is None else np.asarray(standards.groups)[std_rows]
         return up.transfer(Standards(X_source=Xs[std_rows], X_target=np.asarray(standards.X_target)[std_rows],
                                      y=np.asarray(standards.y)[std_rows], axis=standards.axis,
@@ -251,7 +249,8 @@ class SpektronTranslate(TransferMethod):
 
     def _cv(self, paths: list[str], standards: Standards, Xs: np.ndarray, Xt: np.ndarray, ys: np.ndarray,
             samples: list[np.ndarray], held_source: list[np.ndarray], folds: list[list[int]]) -> np.ndarray:
-        n_src = np.asarray(self.source_.X).shape[0]
+        src_X = np.asarray(self.source_.X, dtype=np.float64)
+        n_src = src_X.shape[0]
         err = np.zeros((len(paths), Xt.shape[0], ys.shape[1]))
         for fold in folds:
             held = np.concatenate([samples[i] for i in fold])
@@ -259,10 +258,11 @@ class SpektronTranslate(TransferMethod):
             drop = np.concatenate([held_source[i] for i in fold]).astype(int)
             keep_src = np.setdiff1d(np.arange(n_src), drop)
             theta, _, stats = self._infer_theta(Xs[keep_std], Xt[keep_std])
+            sim = self._simulate(src_X, theta, stats) if paths != ["model_update"] else None
             cache: dict = {}
             for p, path in enumerate(paths):
                 model = self._fit_path(path, keep_src, standards, keep_std, samples, held_source, theta, stats,
-                                       cache=cache)
+                                       sim=sim, cache=cache)
                 err[p, held] = model.predict(Xt[held]) - ys[held]
         scale = self.updater_.y_scale_
         return (np.sqrt((err**2).mean(axis=1)) / scale).mean(axis=1)
@@ -317,6 +317,5 @@ class SpektronTranslateNoPretrain(SpektronTranslate):
     name = "spektron-nopretrain"
     description = "Spektron ablation: the translator randomly initialised instead of pretrained, same transfer"
 
-    def __init__(self, checkpoint: str | None = None, pretrained: bool = False, path: str = "auto",
-                 refine_steps: int = 50, prior: float = 1e-4, seed: int = 0):
-        super().__init__(checkpoint, pretrained, path, refine_steps, prior, seed)
+    __init__ = with_defaults(SpektronTranslate, pretrained=False)
+

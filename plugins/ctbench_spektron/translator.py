@@ -188,18 +188,9 @@ def new_model(cfg: TranslatorConfig | None = None, seed: int = 0) -> TranslatorM
 
 def save(model: TranslatorModel, path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Weights-only file + JSON manifest beside it (sha256, size)."""
-    import json
-    from pathlib import Path
+    from .checkpoint import write_weights
 
-    from .checkpoint import atomic_torch_save, atomic_write_text, sha256_of
-
-    path = Path(path)
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    atomic_torch_save({"format": FORMAT, "config": model.cfg.to_dict(), "state_dict": state,
-                       "manifest": json.loads(json.dumps(manifest))}, path)
-    full = dict(manifest, weights_file=path.name, weights_sha256=sha256_of(path), weights_bytes=path.stat().st_size)
-    atomic_write_text(path.with_suffix(".json"), json.dumps(full, indent=1, sort_keys=True))
-    return full
+    return write_weights(path, {"format": FORMAT, "config": model.cfg.to_dict()}, model, manifest)
 
 
 def load(path) -> tuple[TranslatorModel, dict[str, Any]]:
@@ -223,18 +214,9 @@ def load(path) -> tuple[TranslatorModel, dict[str, Any]]:
 
 def resample(axis: np.ndarray, X: np.ndarray, points: int) -> np.ndarray:
     """(n, p) on ascending ``axis`` -> (n, points) on ``points`` equally spaced positions over it."""
-    grid = np.linspace(axis[0], axis[-1], points)
-    idx = np.clip(np.searchsorted(axis, grid) - 1, 0, axis.size - 2)
-    t = (grid - axis[idx]) / (axis[idx + 1] - axis[idx])
-    return X[:, idx] * (1 - t) + X[:, idx + 1] * t
+    from .grid import interp_rows
 
-
-def upsample(axis: np.ndarray, V: np.ndarray) -> np.ndarray:
-    """(n, points) on the working grid over ``axis`` -> (n, len(axis)), linear interpolation."""
-    grid = np.linspace(axis[0], axis[-1], V.shape[1])
-    idx = np.clip(np.searchsorted(grid, axis) - 1, 0, grid.size - 2)
-    t = (axis - grid[idx]) / (grid[idx + 1] - grid[idx])
-    return V[:, idx] * (1 - t) + V[:, idx + 1] * t
+    return interp_rows(axis, X, np.linspace(axis[0], axis[-1], points))
 
 
 def scalar_stats(X: np.ndarray) -> tuple[float, float]:

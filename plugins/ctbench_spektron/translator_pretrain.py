@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from .grid import interp_rows
+
 DEFAULT_WEIGHTS = {"translation": 1.0, "invariance": 0.1, "episodic": 0.5}
 DEFAULTS: dict[str, Any] = {
     "steps": 3000, "episodes": 8, "samples": 24, "n_calibration": 16, "max_standards": 12, "lr": 2e-3,
@@ -52,12 +54,6 @@ FILE_NAME = "spektron-translator.pt"
 
 
 # --- episodes (numpy) ---------------------------------------------------------------------------
-
-
-def _interp_rows(x_from: np.ndarray, X: np.ndarray, x_to: np.ndarray) -> np.ndarray:
-    idx = np.clip(np.searchsorted(x_from, x_to) - 1, 0, x_from.size - 2)
-    t = np.clip((x_to - x_from[idx]) / (x_from[idx + 1] - x_from[idx]), 0.0, 1.0)
-    return X[:, idx] * (1 - t) + X[:, idx + 1] * t
 
 
 def _native_grid(rng: np.random.Generator, lo: float, hi: float, fine: np.ndarray, points: int) -> np.ndarray:
@@ -105,6 +101,7 @@ def make_episode(rng: np.random.Generator, table: Any, cfg: dict[str, Any], poin
                  param_names: list[str]) -> dict[str, np.ndarray]:
     """One simulated transfer task (see the module docstring); views normalised per instrument."""
     from . import simulator as sim
+    from .translator import scalar_stats
 
     K = cfg["samples"]
     fine, X, Y, domain = _chemistry(rng, K, table, cfg)
@@ -116,7 +113,7 @@ def make_episode(rng: np.random.Generator, table: Any, cfg: dict[str, Any], poin
         for _ in range(2):
             inst = sim.sample_instrument(rng, domain)
             grid = _native_grid(rng, lo, hi, fine, points)
-            views.append(_interp_rows(grid, sim.observe(fine, X, inst, grid, rng, domain), work))
+            views.append(interp_rows(grid, sim.observe(fine, X, inst, grid, rng, domain), work))
             params.append(inst)
         A, B = views
         diff = []
@@ -126,7 +123,7 @@ def make_episode(rng: np.random.Generator, table: Any, cfg: dict[str, Any], poin
             diff.append(np.clip((params[1].get(name, 0.0) - params[0].get(name, 0.0)) / half, -3, 3))
         diff = np.asarray(diff, dtype=np.float64)
     else:  # ablation: one view plus generic augmentations (see _augment)
-        A = _interp_rows(fine, X, work)
+        A = interp_rows(fine, X, work)
         A = A + rng.normal(0, 0.005, A.shape) * np.std(A)
         B = _augment(rng, A)
         diff = np.zeros(len(param_names))
@@ -137,16 +134,10 @@ def make_episode(rng: np.random.Generator, table: Any, cfg: dict[str, Any], poin
     prop = int(rng.integers(Y.shape[1]))
     y = Y[:, prop]
     ym, ys = y[:n_cal].mean(), y[:n_cal].std() or 1.0
-    ma, sa = _stats(A[:n_std])
-    mb, sb = _stats(B[:n_std])
+    ma, sa = scalar_stats(A[:n_std])
+    mb, sb = scalar_stats(B[:n_std])
     return {"A": ((A - ma) / sa).astype(np.float32), "B": ((B - mb) / sb).astype(np.float32),
             "y": ((y - ym) / ys).astype(np.float32), "n_std": np.int64(n_std), "diff": diff.astype(np.float32)}
-
-
-def _stats(X: np.ndarray) -> tuple[float, float]:
-    from .translator import scalar_stats
-
-    return scalar_stats(X)
 
 
 def _augment(rng: np.random.Generator, A: np.ndarray) -> np.ndarray:
@@ -157,7 +148,7 @@ def _augment(rng: np.random.Generator, A: np.ndarray) -> np.ndarray:
     t = np.linspace(-1, 1, A.shape[1])
     shift = rng.uniform(-6, 6)
     pos = np.clip(np.arange(A.shape[1]) - shift, 0, A.shape[1] - 1)
-    B = _interp_rows(np.arange(A.shape[1], dtype=float), A, pos)
+    B = interp_rows(np.arange(A.shape[1], dtype=float), A, pos)
     sigma = rng.uniform(0, 3)
     if sigma > 0.3:
         k = np.exp(-0.5 * (np.arange(-12, 13) / sigma) ** 2)
