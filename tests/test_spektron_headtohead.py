@@ -132,6 +132,34 @@ def test_head_to_head_values_and_verdicts_match_the_leaderboard(records, built):
     assert line in text.split("### (c)")[1]
 
 
+def test_reference_rows_get_the_same_comparisons(records, built):
+    """The ceiling table: full_recalibration (relative RMSEP 1 by definition) and model_update
+    against the same rivals, with the significant counts and the plain "lower mean" counts."""
+    text, summary = built
+    ceiling = summary["h2h"]["ceiling"]
+    per_prop = _rows(records, per_property=True)
+    props = sorted({r["property"] for r in per_prop if r["property"] != "mean"})
+    assert ceiling["pds"]["best_same"] is summary["h2h"]["best_same"]  # the candidate's own row: (a)-(c) above
+    fr = ceiling["full_recalibration"]
+    for key, rival_n, pool in (("model_update", 10, ["model_update"]), ("best_same", 10, ["model_update", "sbc"]),
+                               ("best_classical_n", 30, ["model_update", "sbc"])):  # pds plays spektron
+        res = fr[key]
+        assert res["cells"] == len(props) == sum(res["counts"].values())
+        for row in res["rows"]:
+            assert row["mine"] == pytest.approx(1.0)
+            best = min(pool, key=lambda m: _lb(per_prop, rival_n, m, row["property"])["rel_mean"])
+            assert row["rival"] == best
+            assert row["theirs"] == pytest.approx(_lb(per_prop, rival_n, best, row["property"])["rel_mean"])
+        lower = sum(r["mine"] < r["theirs"] for r in res["rows"])
+        c = res["counts"]
+        assert f"{c['better']} / {c['tied']} / {c['worse']} of {res['cells']}; lower mean in {lower}" in text
+    mu = ceiling["model_update"]
+    assert mu["model_update"]["cells"] == 0  # not against itself
+    assert {r["rival"] for r in mu["best_same"]["rows"]} == {"sbc"}
+    table = text.split("### Against the reference rows")[1]
+    assert "`full_recalibration` (ceiling)" in table and "| `model_update` | - |" in table
+
+
 def test_timings_and_paths(records):
     from ctbench_spektron import headtohead
 
