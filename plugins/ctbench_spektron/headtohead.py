@@ -208,15 +208,24 @@ def pretraining_check(st: Store, pre: str, rand: str, small: list[int], seed: in
                            "lo": float("nan"), "hi": float("nan")}
     if not tasks:
         return out
-    out["ratio"] = pooled_median(vals[pre], tasks) / pooled_median(vals[rand], tasks)
+    out["ratio"], out["lo"], out["hi"] = median_ratio(vals[pre], vals[rand], tasks, ("headtohead-pretraining", seed),
+                                                      replicates)
+    return out
+
+
+def median_ratio(num: dict[str, list[float]], den: dict[str, list[float]], tasks: list[str], seed: tuple,
+                 replicates: int = TASK_BOOTSTRAP) -> tuple[float, float, float]:
+    """pooled_median(num) / pooled_median(den) over ``tasks`` and its 95 % percentile interval from
+    resampling whole tasks with replacement (each drawn task brings all its values); the draws
+    come from ``stable_seed(*seed)``."""
     from ctbench.splits import stable_seed
 
-    rng = np.random.default_rng(stable_seed("headtohead-pretraining", seed))
+    rng = np.random.default_rng(stable_seed(*seed))
     draws = rng.integers(0, len(tasks), size=(replicates, len(tasks)))
-    ratios = np.array([pooled_median(vals[pre], [tasks[i] for i in d]) / pooled_median(vals[rand], [tasks[i] for i in d])
+    ratios = np.array([pooled_median(num, [tasks[i] for i in d]) / pooled_median(den, [tasks[i] for i in d])
                        for d in draws])
-    out["lo"], out["hi"] = (float(x) for x in np.quantile(ratios, [0.025, 0.975]))
-    return out
+    lo, hi = (float(x) for x in np.quantile(ratios, [0.025, 0.975]))
+    return pooled_median(num, tasks) / pooled_median(den, tasks), lo, hi
 
 
 def _ablation_cell(row: dict | None) -> str:
@@ -355,7 +364,7 @@ def h2h_section(st: Store, spektron: str, n: int, classical_n: int, model_update
     for key, title, rival_n, rivals in comparisons(n, classical_n, model_update, classical):
         lines, summary[key] = h2h_comparison(st, spektron, n, rival_n, rivals, title, "abc"[len(summary)])
         out += lines
-    lines, summary["ceiling"] = ceiling_section(st, spektron, n, classical_n, model_update, summary)
+    lines, summary["ceiling"] = ceiling_section(st, spektron, n, classical_n, model_update, classical, summary)
     return out + lines, summary
 
 
@@ -375,14 +384,13 @@ def _tally(result: dict[str, Any]) -> str:
     return f"{c['better']} / {c['tied']} / {c['worse']} of {result['cells']}; lower mean in {lower}"
 
 
-def ceiling_section(st: Store, spektron: str, n: int, classical_n: int, model_update: str,
+def ceiling_section(st: Store, spektron: str, n: int, classical_n: int, model_update: str, classical: list[str],
                     mine: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     """The same three comparisons for the reference rows, so that the head-to-head's counts can be
     read against what is attainable: ``full_recalibration`` (the target model on the whole
     calibration pool, the practical ceiling of a method given N standards) and ``model_update``
     itself (against the best of the *other* classical methods: how often the per-cell best of many
-    noisy rivals is beaten by any one fixed method)."""
-    classical = [lab for lab in classical_labels(st) if lab != spektron]
+    noisy rivals is beaten by any one fixed method). ``classical``: the head-to-head's rivals."""
     cands = [(spektron, mine)]
     out_summary: dict[str, Any] = {spektron: mine}
     for cand in ("full_recalibration", model_update):

@@ -30,25 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from .headtohead import TASK_BOOTSTRAP, _num, _table, pooled_median
+from .headtohead import _num, _table, median_ratio, pooled_median
 
 COLUMNS = ("model_update", "simulate+update", "simulate+update oracle", "simulate", "simulate oracle")
-
-
-def _rmsep(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per property RMSEP over the test samples that have a reference value."""
-    out = np.full(y.shape[1], np.nan)
-    for j in range(y.shape[1]):
-        ok = np.isfinite(y[:, j])
-        if ok.any():
-            out[j] = np.sqrt(np.mean((pred[ok, j] - y[ok, j]) ** 2))
-    return out
 
 
 def evaluate_task(name: str, reps: int, shots: tuple[int, ...], data_dir: str | None = None,
                   refine_steps: int = 100) -> list[dict[str, Any]]:
     """One row per (repetition, N): relative RMSEP per property of every column of ``COLUMNS``,
     and the oracle and standards' ``theta``."""
+    from ctbench.metrics import evaluate
     from ctbench.plugins import get_method
     from ctbench.runner import source_for, standards_for
     from ctbench.splits import make_split, stable_seed
@@ -67,26 +58,30 @@ def evaluate_task(name: str, reps: int, shots: tuple[int, ...], data_dir: str | 
         view = task.outer(task.outer_of_rep(rep)[0])
         test, y = view.test_rows, view.y[view.test_rows]
         X_test = view.X_target[test]
-        fr = recal(random_state=seed).fit(source_for(view, recal)).transfer(standards_for(view, make_split(task, min(shots), rep).standard_rows))
-        ref = _rmsep(np.asarray(fr.predict(X_test)).reshape(len(test), -1), y)
+
+        def rmsep(model: Any) -> np.ndarray:  # per property, as the records' metrics (ctbench.metrics)
+            pred = np.asarray(model.predict(X_test)).reshape(len(test), -1)
+            return np.array([m["rmsep"] for m in evaluate(y, pred, task.properties)["per_property"].values()])
+
+        fr = recal(random_state=seed).fit(source_for(view, recal))
+        ref = rmsep(fr.transfer(standards_for(view, make_split(task, min(shots), rep).standard_rows)))
+        updater = updating(random_state=seed).fit(source_for(view, updating))
         base = SpektronTranslate(refine_steps=refine_steps).fit(source_for(view, SpektronTranslate))
         pool = view.pool_rows
         oracle = base._infer_theta(view.X_source[pool], view.X_target[pool])
         base.refine_steps = SpektronTranslate().refine_steps  # the standards' theta as the method infers it
         for n in shots:
             std = standards_for(view, make_split(task, n, rep).standard_rows)
-            mu = updating(random_state=seed).fit(source_for(view, updating)).transfer(std)
-            rel = {"model_update": _rmsep(np.asarray(mu.predict(X_test)).reshape(len(test), -1), y) / ref}
+            rel = {"model_update": rmsep(copy.deepcopy(updater).transfer(std)) / ref}
             for path in ("simulate+update", "simulate"):
                 for label, fixed in ((path, None), (f"{path} oracle", oracle)):
                     m = copy.deepcopy(base)
                     m.path = path
                     if fixed is not None:
                         m._infer_theta = lambda Xs, Xt, fixed=fixed: fixed
-                    m.transfer(std)
-                    rel[label] = _rmsep(m.predict(X_test), y) / ref
-                    if fixed is None and path == "simulate":
-                        theta_std = m.theta_
+                    rel[label] = rmsep(m.transfer(std)) / ref
+                    if fixed is None:
+                        theta_std = m.theta_  # the same for both paths: inferred from the same standards
             rows.append({"task": name, "rep": rep, "n": n, "properties": list(task.properties),
                          "rel": {k: v.tolist() for k, v in rel.items()},
                          "theta_oracle": dict(zip(THETA, map(float, oracle[0]))),
@@ -105,8 +100,6 @@ def summarise(rows: list[dict[str, Any]], seed: int = 0) -> tuple[str, dict[str,
     median over tasks per N and over N <= 10 pooled (as the head-to-head's ablation), and the ratio
     of the pooled medians of "simulate+update oracle" and model_update with a 95 % interval from
     resampling whole tasks."""
-    from ctbench.splits import stable_seed
-
     tasks = sorted({r["task"] for r in rows})
     shots = sorted({r["n"] for r in rows})
     cell = {(t, n, c): _geo([r["rel"][c] for r in rows if r["task"] == t and r["n"] == n])
@@ -118,14 +111,8 @@ def summarise(rows: list[dict[str, Any]], seed: int = 0) -> tuple[str, dict[str,
     med = [["median", str(n), "", *(_num(float(np.median([cell[(t, n, c)] for t in tasks]))) for c in COLUMNS)]
            for n in shots]
     med.append(["median", "<= 10 pooled", "", *(_num(pooled_median(per[c], tasks)) for c in COLUMNS)])
-    ratios = {}
-    rng = np.random.default_rng(stable_seed("oracle-theta", seed))
-    draws = rng.integers(0, len(tasks), size=(TASK_BOOTSTRAP, len(tasks)))
-    for c in ("simulate+update", "simulate+update oracle", "simulate oracle"):
-        r = pooled_median(per[c], tasks) / pooled_median(per["model_update"], tasks)
-        boot = [pooled_median(per[c], [tasks[i] for i in d]) / pooled_median(per["model_update"], [tasks[i] for i in d])
-                for d in draws]
-        ratios[c] = (r, *(float(x) for x in np.quantile(boot, [0.025, 0.975])))
+    ratios = {c: median_ratio(per[c], per["model_update"], tasks, ("oracle-theta", seed))
+              for c in ("simulate+update", "simulate+update oracle", "simulate oracle")}
     heads = ["task", "N", "reps", *COLUMNS]
     lines = ["Relative RMSEP (RMSEP / full_recalibration on the same test set), geometric mean over properties and "
              "repetitions. \"oracle\": theta fitted on every paired spectrum of the calibration pool (hidden from "
@@ -138,15 +125,10 @@ def summarise(rows: list[dict[str, Any]], seed: int = 0) -> tuple[str, dict[str,
     return "\n".join(lines), {"cell": cell, "ratios": ratios, "tasks": tasks, "shots": shots}
 
 
-def real_tasks() -> list[str]:
-    from ctbench.cards import expand_tasks
-
-    return [card.name for card, _, _ in expand_tasks(["all"]) if not card.synthetic and card.dataset != "synthetic"]
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ctbench_spektron.oracle", description=__doc__.splitlines()[0])
-    ap.add_argument("--tasks", default="all", help="comma-separated tasks or suites (default: every real task)")
+    ap.add_argument("--tasks", default="all", help="comma-separated tasks or suites (default: the suite 'all', every "
+                                                   "real task)")
     ap.add_argument("--reps", type=int, default=5, help="repetitions per task (default 5)")
     ap.add_argument("--shots", default="5,10", help="N (default 5,10)")
     ap.add_argument("--rows", type=Path, default=None,
@@ -166,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--shots needs N >= 2 (spektron's minimum) and --reps at least 1")
     names = [x for x in a.tasks.split(",") if x.strip()]
     try:
-        tasks = real_tasks() if names == ["all"] else [c.name for c, _, _ in expand_tasks(names)]
+        tasks = [c.name for c, _, _ in expand_tasks(names)]
     except (CardError, UnknownName) as exc:  # the card loader's one line (with its "did you mean")
         ap.error(str(exc).splitlines()[0])
     rows: list[dict[str, Any]] = []

@@ -65,6 +65,11 @@ def _native_grid(rng: np.random.Generator, lo: float, hi: float, fine: np.ndarra
     return np.linspace(a, b, n)
 
 
+_WINDOWS = {"Raman": ((100.0, 600.0), (800.0, 2600.0), 3200.0), "NIR": ((400.0, 1300.0), (500.0, 2000.0), 2500.0)}
+"""Synthetic-chemistry axis windows per domain: (range of the first point, range of the span, last
+point at most), in cm-1 / nm."""
+
+
 def _chemistry(rng: np.random.Generator, n: int, table: Any, cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """(fine axis, true spectra (n, p), property values (n, c), simulator domain)."""
     from .corpus.chemistry import nir_samples, raman_samples
@@ -82,19 +87,14 @@ def _chemistry(rng: np.random.Generator, n: int, table: Any, cfg: dict[str, Any]
         level = rng.uniform(0.2, 1.0)
         matrix = base[None, :] * rng.uniform(0.8, 1.2, (n, 1))
         return fine, matrix + level * X, Y, "Raman" if raman else "NIR"
-    if u < cfg["real_fraction"] + cfg["raman_fraction"]:
-        lo = rng.uniform(100.0, 600.0)
-        hi = min(3200.0, lo + rng.uniform(800.0, 2600.0))
-        pad = 0.03 * (hi - lo)
-        fine = np.linspace(lo - pad, hi + pad, 2048)
-        X, Y, _ = raman_samples(rng, n, fine)
-        return fine, X, Y, "Raman"
-    lo = rng.uniform(400.0, 1300.0)
-    hi = min(2500.0, lo + rng.uniform(500.0, 2000.0))
+    domain = "Raman" if u < cfg["real_fraction"] + cfg["raman_fraction"] else "NIR"
+    (first, last), (narrow, wide), top = _WINDOWS[domain]
+    lo = rng.uniform(first, last)
+    hi = min(top, lo + rng.uniform(narrow, wide))
     pad = 0.03 * (hi - lo)
     fine = np.linspace(lo - pad, hi + pad, 2048)
-    X, Y, _ = nir_samples(rng, n, fine)
-    return fine, X, Y, "NIR"
+    X, Y, _ = (raman_samples if domain == "Raman" else nir_samples)(rng, n, fine)
+    return fine, X, Y, domain
 
 
 def make_episode(rng: np.random.Generator, table: Any, cfg: dict[str, Any], points: int,
